@@ -1,0 +1,17 @@
+"""Flax GPT-2 / OPT decoders with a functional KV cache."""
+
+from jaxspec.models.cache import KVCache
+from jaxspec.models.config import SUPPORTED_MODEL_TYPES, DecoderConfig, UnsupportedModelError
+from jaxspec.models.decoder import Decoder
+from jaxspec.models.model import Model, abstract_params, init_model
+
+__all__ = [
+    "SUPPORTED_MODEL_TYPES",
+    "Decoder",
+    "DecoderConfig",
+    "KVCache",
+    "Model",
+    "UnsupportedModelError",
+    "abstract_params",
+    "init_model",
+]

@@ -1,0 +1,74 @@
+"""A functional KV cache with per-row lengths.
+
+Layout (all layers stacked so the decoder can `scan` over them):
+
+  keys, values: [L, B, S, H, Dh]  (layers, batch rows, slots, heads, head dim)
+  lengths:      [B] int32         number of valid slots of each row
+
+Padding convention: prompts are *right*-padded. Row b holds its tokens in
+slots 0..lengths[b]-1 and token i of a row sits at position i, so positions
+never have gaps. A forward call of T tokens writes slots
+lengths[b] .. lengths[b]+T-1 of each row and lets query t of row b attend to
+slots 0..lengths[b]+t only. Anything in a slot at or beyond a row's length is
+therefore stale and never read: rolling back is lowering `lengths`
+(`KVCache.rollback`), and the next write overwrites the stale slots.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+
+class KVCache(NamedTuple):
+    """Preallocated keys/values of every layer plus per-row valid lengths.
+
+    Attributes:
+      keys: [L, B, S, H, Dh] keys, in the model's dtype.
+      values: [L, B, S, H, Dh] values, in the model's dtype.
+      lengths: [B] int32, valid slots per row.
+    """
+
+    keys: jax.Array
+    values: jax.Array
+    lengths: jax.Array
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        num_layers: int,
+        batch_size: int,
+        max_length: int,
+        num_heads: int,
+        head_dim: int,
+        dtype=jnp.float32,
+    ) -> KVCache:
+        """An empty cache (all lengths 0) with room for `max_length` slots per row."""
+        shape = (num_layers, batch_size, max_length, num_heads, head_dim)
+        return cls(
+            keys=jnp.zeros(shape, dtype),
+            values=jnp.zeros(shape, dtype),
+            lengths=jnp.zeros((batch_size,), jnp.int32),
+        )
+
+    @property
+    def batch_size(self) -> int:
+        return self.keys.shape[1]
+
+    @property
+    def max_length(self) -> int:
+        return self.keys.shape[2]
+
+    def rollback(self, lengths: jax.Array) -> KVCache:
+        """Sets each row's valid length to `lengths` [B] (int32); no data moves.
+
+        Only lowering is meaningful: slots past the old length hold nothing valid.
+        """
+        return self._replace(lengths=jnp.minimum(self.lengths, lengths.astype(jnp.int32)))
+
+    def with_lengths(self, lengths: jax.Array) -> KVCache:
+        """Sets per-row lengths [B] outright (caller guarantees the slots are valid)."""
+        return self._replace(lengths=jnp.asarray(lengths, jnp.int32))

@@ -1,0 +1,110 @@
+"""`Model`: a Flax decoder's config and params bundled as one pytree.
+
+The params are the only array leaves; the config and dtype are static, so a
+`Model` can be passed straight into `jax.jit` and two models with the same
+config share compiled code.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxspec.models.cache import KVCache
+from jaxspec.models.config import DecoderConfig
+from jaxspec.models.decoder import Decoder
+
+
+@flax.struct.dataclass
+class Model:
+    """A decoder-only language model ready for cached decoding.
+
+    Attributes:
+      params: the Flax params pytree (layer params stacked on a leading axis).
+      config: the static architecture (`DecoderConfig`).
+      dtype: parameter/computation dtype (a numpy dtype: float32 or bfloat16).
+    """
+
+    params: Any
+    config: DecoderConfig = flax.struct.field(pytree_node=False)
+    dtype: Any = flax.struct.field(pytree_node=False, default=np.dtype("float32"))
+
+    @property
+    def module(self) -> Decoder:
+        return Decoder(self.config, self.dtype)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
+    @property
+    def max_positions(self) -> int:
+        return self.config.max_positions
+
+    def init_cache(self, batch_size: int, max_length: int) -> KVCache:
+        """An empty KV cache for `batch_size` rows of up to `max_length` tokens.
+
+        Raises:
+          ValueError: if `max_length` exceeds the model's position table.
+        """
+        if max_length > self.config.max_positions:
+            raise ValueError(
+                f"a cache of {max_length} positions exceeds this model's context of "
+                f"{self.config.max_positions} positions (max_position_embeddings); "
+                "shorten the prompt or generate fewer tokens."
+            )
+        cfg = self.config
+        return KVCache.create(
+            num_layers=cfg.num_layers,
+            batch_size=batch_size,
+            max_length=max_length,
+            num_heads=cfg.num_heads,
+            head_dim=cfg.head_dim,
+            dtype=self.dtype,
+        )
+
+    def __call__(self, tokens_BxT: jax.Array, cache: KVCache, num_new_B: jax.Array | None = None):
+        """Forward pass of T new tokens per row; see `Decoder.__call__`.
+
+        Returns:
+          (logits float32 [B, T, V], updated cache).
+        """
+        return self.module.apply({"params": self.params}, tokens_BxT, cache, num_new_B)
+
+    def num_params(self) -> int:
+        return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(self.params))
+
+
+def abstract_params(config: DecoderConfig, dtype=jnp.float32) -> Any:
+    """The params pytree of `config` as `jax.ShapeDtypeStruct`s (no memory)."""
+    module = Decoder(config, jnp.dtype(dtype))
+    cache = KVCache.create(
+        num_layers=config.num_layers,
+        batch_size=1,
+        max_length=1,
+        num_heads=config.num_heads,
+        head_dim=config.head_dim,
+        dtype=dtype,
+    )
+    variables = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, 1), jnp.int32), cache)
+    return variables["params"]
+
+
+def init_model(config: DecoderConfig, key: jax.Array, dtype=jnp.float32) -> Model:
+    """A model with random weights, N(0, 0.02) as Hugging Face initialises them."""
+    dtype = jnp.dtype(dtype)
+    module = Decoder(config, dtype)
+    cache = KVCache.create(
+        num_layers=config.num_layers,
+        batch_size=1,
+        max_length=1,
+        num_heads=config.num_heads,
+        head_dim=config.head_dim,
+        dtype=dtype,
+    )
+    params = jax.jit(module.init)(key, jnp.zeros((1, 1), jnp.int32), cache)["params"]
+    return Model(params=params, config=config, dtype=dtype)

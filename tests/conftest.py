@@ -1,0 +1,23 @@
+"""Shared fixtures: the golden tiny checkpoints made by tests/make_golden.py."""
+
+import os
+
+import numpy as np
+import pytest
+
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
+GOLDEN_MODELS = ("gpt2_tiny", "opt_tiny", "opt_350m_style", "opt_proj_preln")
+
+
+def fixture_path(name: str) -> str:
+    return os.path.join(FIXTURES, name)
+
+
+def golden(name: str):
+    data = np.load(os.path.join(FIXTURES, name, "golden.npz"))
+    return data["tokens"], data["logits"]
+
+
+@pytest.fixture(params=GOLDEN_MODELS)
+def golden_name(request):
+    return request.param
