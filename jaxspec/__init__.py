@@ -1,10 +1,19 @@
 """jaxspec: exact speculative sampling in JAX/Flax.
 
 Public API:
+  speculative_sample, autoregressive_sample: the on-device generation loops.
   load_model, save_model, load_tokenizer: Hugging Face checkpoints (GPT-2, OPT).
   Model, KVCache, DecoderConfig: the model pytree, its cache and architecture.
+  SamplingConfig: temperature / top-k / top-p settings (validated).
 """
 
+from jaxspec.generation import (
+    PROVENANCE_NAMES,
+    AutoregressiveResult,
+    SpeculativeResult,
+    autoregressive_sample,
+    speculative_sample,
+)
 from jaxspec.loading import CheckpointError, load_model, load_tokenizer, save_model
 from jaxspec.models import (
     SUPPORTED_MODEL_TYPES,
@@ -14,18 +23,25 @@ from jaxspec.models import (
     UnsupportedModelError,
     init_model,
 )
+from jaxspec.sampling import SamplingConfig
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "PROVENANCE_NAMES",
     "SUPPORTED_MODEL_TYPES",
+    "AutoregressiveResult",
     "CheckpointError",
     "DecoderConfig",
     "KVCache",
     "Model",
+    "SamplingConfig",
+    "SpeculativeResult",
     "UnsupportedModelError",
+    "autoregressive_sample",
     "init_model",
     "load_model",
     "load_tokenizer",
     "save_model",
+    "speculative_sample",
 ]

@@ -1,0 +1,149 @@
+"""`autoregressive_sample`: the one-token-per-target-call baseline, fully on device."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from jaxspec.generation import common
+from jaxspec.models.cache import KVCache
+from jaxspec.models.model import Model
+from jaxspec.sampling.processing import SamplingConfig, processed_probs, sample_from_probs
+
+
+@flax.struct.dataclass
+class AutoregressiveResult:
+    """Output of `autoregressive_sample`.
+
+    Attributes:
+      tokens: int32 [B, N] generated ids; row b is valid in tokens[b, :lengths[b]]
+        and padded with pad_token_id after.
+      lengths: int32 [B] generated tokens per row (< N only if EOS came first).
+      provenance: int8 [B, N], `FROM_TARGET` for generated slots, 0 after.
+      num_target_calls: int32 [B] 1-token target forward passes each row used.
+    """
+
+    tokens: jax.Array
+    lengths: jax.Array
+    provenance: jax.Array
+    num_target_calls: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class _Spec:
+    """Everything static about one compiled autoregressive loop."""
+
+    max_new_tokens: int
+    sampling: SamplingConfig
+    eos_token_id: int | None
+    pad_token_id: int
+    vocab_size: int
+
+
+@flax.struct.dataclass
+class _State:
+    seqs: common.Sequences
+    cache: KVCache
+    key: jax.Array
+    num_calls: jax.Array
+
+
+@functools.partial(jax.jit, static_argnames=("spec",))
+def _generate(model: Model, prompt_ids_BxT, prompt_lengths_B, key, spec: _Spec) -> AutoregressiveResult:
+    batch, width = prompt_ids_BxT.shape
+    cache = common.prefill(
+        model, prompt_ids_BxT, prompt_lengths_B, model.init_cache(batch, width + spec.max_new_tokens - 1)
+    )
+    seqs = common.init_sequences(prompt_ids_BxT, prompt_lengths_B, width + spec.max_new_tokens + 1)
+    state = _State(seqs=seqs, cache=cache, key=key, num_calls=jnp.zeros((batch,), jnp.int32))
+
+    def body(state: _State) -> _State:
+        key, sample_key = jax.random.split(state.key)
+        logits_Bx1xV, cache = model(common.last_tokens(state.seqs)[:, None], state.cache)
+        probs_BxV = processed_probs(logits_Bx1xV[:, 0, : spec.vocab_size], spec.sampling)
+        token_B = sample_from_probs(sample_key, probs_BxV)
+        active_B = ~state.seqs.done
+        seqs, _ = common.emit(
+            state.seqs,
+            token_B[:, None],
+            jnp.ones((batch,), jnp.int32),
+            jnp.full((batch, 1), common.FROM_TARGET, jnp.int8),
+            max_new_tokens=spec.max_new_tokens,
+            eos_token_id=spec.eos_token_id,
+        )
+        # Finished rows keep their cache length, so their writes stay in bounds.
+        cache = cache.with_lengths(jnp.where(active_B, cache.lengths, state.cache.lengths))
+        return _State(seqs=seqs, cache=cache, key=key, num_calls=state.num_calls + active_B)
+
+    state = jax.lax.while_loop(lambda s: ~jnp.all(s.seqs.done), body, state)
+    tokens, provenance = common.generated_tokens(
+        state.seqs, prompt_lengths_B, spec.max_new_tokens, spec.pad_token_id
+    )
+    return AutoregressiveResult(
+        tokens=tokens,
+        lengths=state.seqs.num_generated,
+        provenance=provenance,
+        num_target_calls=state.num_calls,
+    )
+
+
+def autoregressive_sample(
+    model: Model,
+    prompt_ids: Any,
+    *,
+    key: jax.Array,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    eos_token_id: int | None = None,
+    prompt_lengths: Any = None,
+    pad_token_id: int = 0,
+    vocab_size: int | None = None,
+) -> AutoregressiveResult:
+    """Samples up to `max_new_tokens` tokens per row, one target call per token.
+
+    The whole loop is one jitted `lax.while_loop`; it compiles once per
+    (shapes, max_new_tokens, sampling settings, eos/pad ids).
+
+    Args:
+      model: a `Model` (from `load_model`).
+      prompt_ids: int [B, T] right-padded token ids, or a list of B id lists
+        of different lengths.
+      key: a PRNG key.
+      max_new_tokens: N >= 1.
+      temperature: >= 0; 0 means greedy (argmax).
+      top_k: keep the k most likely tokens; 0 = off.
+      top_p: nucleus mass in (0, 1]; 1 = off. Processing order is
+        temperature -> top-k -> top-p.
+      eos_token_id: a row stops after emitting it (the EOS is included).
+      prompt_lengths: int [B] real lengths of right-padded `prompt_ids`.
+      pad_token_id: fills `tokens` after each row's end.
+      vocab_size: sample only ids below this (drops padding rows of an
+        embedding table); default the model's vocab size.
+
+    Returns:
+      An `AutoregressiveResult`.
+    """
+    max_new_tokens = common.check_positive_int("max_new_tokens", max_new_tokens)
+    sampling = common.sampling_config(temperature, top_k, top_p)
+    vocab = model.vocab_size if vocab_size is None else common.check_positive_int("vocab_size", vocab_size)
+    if vocab > model.vocab_size:
+        raise ValueError(f"vocab_size={vocab} exceeds the model's vocab_size={model.vocab_size}.")
+    prompts = common.prepare_prompts(prompt_ids, prompt_lengths, vocab, pad_token_id)
+    common.check_context(
+        model, "model", prompts.max_length + max_new_tokens - 1, "longest prompt + max_new_tokens - 1"
+    )
+    spec = _Spec(
+        max_new_tokens=max_new_tokens,
+        sampling=sampling,
+        eos_token_id=common.check_eos(eos_token_id, vocab),
+        pad_token_id=int(pad_token_id),
+        vocab_size=vocab,
+    )
+    return _generate(model, jnp.asarray(prompts.ids), jnp.asarray(prompts.lengths), key, spec)
