@@ -52,9 +52,7 @@ def _resolve_folder(name_or_path: str, allow_pickle: bool) -> str:
     try:
         import huggingface_hub
     except ImportError as err:  # transformers depends on it, so this is rare.
-        raise CheckpointError(
-            f"{name_or_path!r} is not a local folder and huggingface_hub is missing"
-        ) from err
+        raise CheckpointError(f"{name_or_path!r} is not a local folder and huggingface_hub is missing") from err
     patterns = _HUB_PATTERNS + ([PICKLE_FILE] if allow_pickle else [])
     try:
         return huggingface_hub.snapshot_download(repo_id=path, allow_patterns=patterns)
@@ -202,9 +200,7 @@ def load_model(name_or_path: str | os.PathLike, dtype=jnp.float32, *, allow_pick
     return Model(params=params, config=config, dtype=dtype)
 
 
-def save_model(
-    model: Model, folder: str | os.PathLike, *, dtype=None, max_shard_bytes: int | None = None
-) -> None:
+def save_model(model: Model, folder: str | os.PathLike, *, dtype=None, max_shard_bytes: int | None = None) -> None:
     """Writes `model` as a Hugging Face folder: config.json + safetensors.
 
     ``transformers.AutoModelForCausalLM.from_pretrained(folder)`` loads it.

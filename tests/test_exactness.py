@@ -158,8 +158,6 @@ def test_the_checker_rejects_a_biased_sampler():
     """Negative control: samples from the draft's own law must fail the test."""
     target, draft = _pair()
     law = _sequence_law(target, SamplingConfig())
-    out = autoregressive_sample(
-        draft, np.tile(PROMPT, (ROWS, 1)), key=jax.random.key(10), max_new_tokens=NUM_TOKENS
-    )
+    out = autoregressive_sample(draft, np.tile(PROMPT, (ROWS, 1)), key=jax.random.key(10), max_new_tokens=NUM_TOKENS)
     _, p_value, _ = chi_square_test(law.ravel(), _counts(np.asarray(out.tokens)))
     assert p_value < ALPHA

@@ -31,9 +31,7 @@ def _rows(result):
 @functools.cache
 def _greedy_reference(n):
     target, _ = _pair()
-    return _rows(
-        autoregressive_sample(target, PROMPTS, key=jax.random.key(0), max_new_tokens=n, temperature=0)
-    )
+    return _rows(autoregressive_sample(target, PROMPTS, key=jax.random.key(0), max_new_tokens=n, temperature=0))
 
 
 @pytest.mark.parametrize("k", (1, 2, 4, 7))
@@ -101,9 +99,7 @@ def test_draft_equal_to_target_accepts_everything(k):
     """Over many rounds: a draft cache missing the bonus token's entry after a
     fully accepted block (vLLM #4212) would make acceptance fall below 1."""
     target, _ = _pair()
-    out = speculative_sample(
-        target, target, PROMPTS, key=jax.random.key(3), max_new_tokens=30, num_draft_tokens=k
-    )
+    out = speculative_sample(target, target, PROMPTS, key=jax.random.key(3), max_new_tokens=30, num_draft_tokens=k)
     np.testing.assert_array_equal(np.asarray(out.acceptance_rate), 1.0)
     assert np.all(np.asarray(out.lengths) == 30)
     assert np.all(np.asarray(out.num_rounds) == -(-30 // (k + 1)))
@@ -121,9 +117,7 @@ def test_k_larger_than_remaining_and_n_equal_one():
 
 def test_bookkeeping_is_consistent():
     target, draft = _pair()
-    out = speculative_sample(
-        target, draft, PROMPTS, key=jax.random.key(5), max_new_tokens=20, num_draft_tokens=3
-    )
+    out = speculative_sample(target, draft, PROMPTS, key=jax.random.key(5), max_new_tokens=20, num_draft_tokens=3)
     prov = np.asarray(out.provenance)
     lengths = np.asarray(out.lengths)
     assert np.all(lengths == 20)
@@ -169,9 +163,7 @@ def test_draft_vocab_that_only_pads_the_target():
     draft = random_model(tiny_config("opt", vocab_size=48), seed=6, scale=10.0)  # 40 rounded up to 16
     out = speculative_sample(target, draft, [[1, 2]], key=jax.random.key(0), max_new_tokens=16)
     assert np.asarray(out.tokens).max() < 40
-    greedy = speculative_sample(
-        target, draft, [[1, 2]], key=jax.random.key(0), max_new_tokens=16, temperature=0
-    )
+    greedy = speculative_sample(target, draft, [[1, 2]], key=jax.random.key(0), max_new_tokens=16, temperature=0)
     ar = autoregressive_sample(target, [[1, 2]], key=jax.random.key(0), max_new_tokens=16, temperature=0)
     assert _rows(greedy) == _rows(ar)
 
@@ -181,9 +173,7 @@ def test_vocab_mismatch_is_refused_with_both_sizes():
     draft = random_model(tiny_config("opt", vocab_size=37), seed=6)
     with pytest.raises(ValueError, match="draft vocab_size=37 differs from target vocab_size=40"):
         speculative_sample(target, draft, [[1, 2]], key=jax.random.key(0), max_new_tokens=4)
-    out = speculative_sample(
-        target, draft, [[1, 2]], key=jax.random.key(0), max_new_tokens=4, shared_vocab_size=37
-    )
+    out = speculative_sample(target, draft, [[1, 2]], key=jax.random.key(0), max_new_tokens=4, shared_vocab_size=37)
     assert np.asarray(out.tokens).max() < 37
 
 
@@ -229,11 +219,7 @@ def test_context_bound_is_exact():
     )
     assert (
         _rows(out)[0]
-        == _rows(
-            autoregressive_sample(target, [[1] * 40], key=jax.random.key(0), max_new_tokens=5, temperature=0)
-        )[0]
+        == _rows(autoregressive_sample(target, [[1] * 40], key=jax.random.key(0), max_new_tokens=5, temperature=0))[0]
     )
     with pytest.raises(ValueError, match="= 49 positions"):
-        speculative_sample(
-            target, draft, [[1] * 40], key=jax.random.key(0), max_new_tokens=6, num_draft_tokens=4
-        )
+        speculative_sample(target, draft, [[1] * 40], key=jax.random.key(0), max_new_tokens=6, num_draft_tokens=4)

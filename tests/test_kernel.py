@@ -91,9 +91,7 @@ def _chi2_power(df, lam, alpha=ALPHA):
     j = np.arange(400)  # Poisson(lam / 2) terms; ample for lam <= 200
     assert lam <= 200
     log_w = -lam / 2 + j * math.log(lam / 2) - np.array([math.lgamma(k + 1) for k in j])
-    tails = np.asarray(
-        jax.scipy.special.gammaincc((df + 2 * j) / 2.0, np.full(j.shape, critical / 2.0)), np.float64
-    )
+    tails = np.asarray(jax.scipy.special.gammaincc((df + 2 * j) / 2.0, np.full(j.shape, critical / 2.0)), np.float64)
     return float(np.sum(np.exp(log_w) * tails))
 
 
@@ -348,9 +346,7 @@ def test_sampled_num_accepted_k3_chi_square():
     """
     _, result = _run_round(jax.random.key(2), P3[:4], Q3[:3])
     rates = np.minimum(P3[:3], Q3[:3]).sum(-1)
-    law = np.array(
-        [1 - rates[0], rates[0] * (1 - rates[1]), rates[0] * rates[1] * (1 - rates[2]), rates.prod()]
-    )
+    law = np.array([1 - rates[0], rates[0] * (1 - rates[1]), rates[0] * rates[1] * (1 - rates[2]), rates.prod()])
     counts = np.bincount(np.asarray(result.num_accepted), minlength=4)
     assert _chi_square_pvalue(counts, law) > ALPHA
 
@@ -361,9 +357,7 @@ def test_sampled_bonus_token_when_all_accepted():
     alpha = 1e-3, seed 3, N = 200k; bonus p_2 has 5 positive tokens (df = 4,
     critical value 18.47): TV deviation 0.01 gives lambda >= 80, power > 0.9999.
     """
-    p = np.array(
-        [[0.2, 0.3, 0.5, 0.0, 0.0, 0.0], [0.0, 0.1, 0.1, 0.8, 0.0, 0.0], [0.1, 0.0, 0.2, 0.3, 0.15, 0.25]]
-    )
+    p = np.array([[0.2, 0.3, 0.5, 0.0, 0.0, 0.0], [0.0, 0.1, 0.1, 0.8, 0.0, 0.0], [0.1, 0.0, 0.2, 0.3, 0.15, 0.25]])
     _, result = _run_round(jax.random.key(3), p, p[:2])
     np.testing.assert_array_equal(result.num_accepted, 2)
     counts = np.bincount(np.asarray(result.next_token), minlength=6)
@@ -540,6 +534,4 @@ def test_jit_does_not_retrace():
 )
 def test_bad_shapes_raise(draft_shape, q_shape, p_shape, message):
     with pytest.raises(ValueError, match=message):
-        verify_tokenwise(
-            jax.random.key(0), jnp.zeros(draft_shape, jnp.int32), jnp.ones(q_shape), jnp.ones(p_shape)
-        )
+        verify_tokenwise(jax.random.key(0), jnp.zeros(draft_shape, jnp.int32), jnp.ones(q_shape), jnp.ones(p_shape))

@@ -81,9 +81,7 @@ def _generate(model: Model, prompt_ids_BxT, prompt_lengths_B, key, spec: _Spec) 
         return _State(seqs=seqs, cache=cache, key=key, num_calls=state.num_calls + active_B)
 
     state = jax.lax.while_loop(lambda s: ~jnp.all(s.seqs.done), body, state)
-    tokens, provenance = common.generated_tokens(
-        state.seqs, prompt_lengths_B, spec.max_new_tokens, spec.pad_token_id
-    )
+    tokens, provenance = common.generated_tokens(state.seqs, prompt_lengths_B, spec.max_new_tokens, spec.pad_token_id)
     return AutoregressiveResult(
         tokens=tokens,
         lengths=state.seqs.num_generated,
@@ -136,9 +134,7 @@ def autoregressive_sample(
     if vocab > model.vocab_size:
         raise ValueError(f"vocab_size={vocab} exceeds the model's vocab_size={model.vocab_size}.")
     prompts = common.prepare_prompts(prompt_ids, prompt_lengths, vocab, pad_token_id)
-    common.check_context(
-        model, "model", prompts.max_length + max_new_tokens - 1, "longest prompt + max_new_tokens - 1"
-    )
+    common.check_context(model, "model", prompts.max_length + max_new_tokens - 1, "longest prompt + max_new_tokens - 1")
     spec = _Spec(
         max_new_tokens=max_new_tokens,
         sampling=sampling,

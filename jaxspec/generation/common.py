@@ -77,23 +77,16 @@ def prepare_prompts(prompt_ids: Any, prompt_lengths: Any, vocab_size: int, pad_t
         if ids.ndim == 1:
             ids = ids[None, :]
     if ids.ndim != 2 or ids.shape[0] == 0:
-        raise ValueError(
-            f"prompt_ids must be a [batch, length] array or a list of id lists; got shape {ids.shape}."
-        )
+        raise ValueError(f"prompt_ids must be a [batch, length] array or a list of id lists; got shape {ids.shape}.")
     if not np.issubdtype(ids.dtype, np.integer):
         raise ValueError(f"prompt_ids must hold integer token ids, got dtype {ids.dtype}.")
     batch, width = ids.shape
-    lengths = (
-        np.full((batch,), width, np.int64)
-        if prompt_lengths is None
-        else np.asarray(prompt_lengths).reshape(-1)
-    )
+    lengths = np.full((batch,), width, np.int64) if prompt_lengths is None else np.asarray(prompt_lengths).reshape(-1)
     if lengths.shape != (batch,):
         raise ValueError(f"prompt_lengths has {lengths.shape[0]} entries for {batch} prompts.")
     if np.any(lengths < 1) or np.any(lengths > width):
         raise ValueError(
-            f"prompt_lengths must lie in 1..{width} (every prompt needs at least one token); got "
-            f"{lengths.tolist()}."
+            f"prompt_lengths must lie in 1..{width} (every prompt needs at least one token); got {lengths.tolist()}."
         )
     valid = np.arange(width)[None, :] < lengths[:, None]
     bad = valid & ((ids < 0) | (ids >= vocab_size))
@@ -206,13 +199,9 @@ def emit(
         count_B = jnp.where(hit_eos_B, jnp.argmax(is_eos_BxE, axis=1) + 1, count_B)
     count_B = jnp.where(seqs.done, 0, count_B).astype(jnp.int32)
     kept_BxE = slot_E[None, :] < count_B[:, None]
-    old_tokens_BxE = jax.vmap(lambda row, s: jax.lax.dynamic_slice(row, (s,), (width,)))(
-        seqs.tokens, seqs.lengths
-    )
+    old_tokens_BxE = jax.vmap(lambda row, s: jax.lax.dynamic_slice(row, (s,), (width,)))(seqs.tokens, seqs.lengths)
     tokens = _write_rows(seqs.tokens, jnp.where(kept_BxE, new_BxE, old_tokens_BxE), seqs.lengths)
-    old_prov_BxE = jax.vmap(lambda row, s: jax.lax.dynamic_slice(row, (s,), (width,)))(
-        seqs.provenance, seqs.lengths
-    )
+    old_prov_BxE = jax.vmap(lambda row, s: jax.lax.dynamic_slice(row, (s,), (width,)))(seqs.provenance, seqs.lengths)
     provenance = _write_rows(seqs.provenance, jnp.where(kept_BxE, provenance_BxE, old_prov_BxE), seqs.lengths)
     num_generated = seqs.num_generated + count_B
     done = seqs.done | (num_generated >= max_new_tokens) | hit_eos_B

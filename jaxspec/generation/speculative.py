@@ -134,12 +134,8 @@ def _generate(target: Model, draft: Model, prompt_ids_BxT, prompt_lengths_B, key
     batch, width = prompt_ids_BxT.shape
     k = spec.num_draft_tokens
     cache_length = width + spec.max_new_tokens + k - 1
-    target_cache = common.prefill(
-        target, prompt_ids_BxT, prompt_lengths_B, target.init_cache(batch, cache_length)
-    )
-    draft_cache = common.prefill(
-        draft, prompt_ids_BxT, prompt_lengths_B, draft.init_cache(batch, cache_length)
-    )
+    target_cache = common.prefill(target, prompt_ids_BxT, prompt_lengths_B, target.init_cache(batch, cache_length))
+    draft_cache = common.prefill(draft, prompt_ids_BxT, prompt_lengths_B, draft.init_cache(batch, cache_length))
     zeros_B = jnp.zeros((batch,), jnp.int32)
     state = _State(
         seqs=common.init_sequences(prompt_ids_BxT, prompt_lengths_B, width + spec.max_new_tokens + k + 1),
@@ -183,9 +179,7 @@ def _generate(target: Model, draft: Model, prompt_ids_BxT, prompt_lengths_B, key
         old_len_B = seqs.lengths
         new_len_B = new_seqs.lengths
         target_len_B = jnp.where(active_B, new_len_B - 1, state.target_cache.lengths)
-        draft_len_B = jnp.where(
-            active_B, jnp.minimum(old_len_B + k - 1, new_len_B - 1), state.draft_cache.lengths
-        )
+        draft_len_B = jnp.where(active_B, jnp.minimum(old_len_B + k - 1, new_len_B - 1), state.draft_cache.lengths)
         return _State(
             seqs=new_seqs,
             target_cache=target_cache.with_lengths(target_len_B),
@@ -197,9 +191,7 @@ def _generate(target: Model, draft: Model, prompt_ids_BxT, prompt_lengths_B, key
         )
 
     state = jax.lax.while_loop(lambda s: ~jnp.all(s.seqs.done), round_, state)
-    tokens, provenance = common.generated_tokens(
-        state.seqs, prompt_lengths_B, spec.max_new_tokens, spec.pad_token_id
-    )
+    tokens, provenance = common.generated_tokens(state.seqs, prompt_lengths_B, spec.max_new_tokens, spec.pad_token_id)
     return SpeculativeResult(
         tokens=tokens,
         lengths=state.seqs.num_generated,
@@ -227,9 +219,7 @@ def shared_vocabulary(target: Model, draft: Model, shared_vocab_size: int | None
     if shared_vocab_size is not None:
         shared = common.check_positive_int("shared_vocab_size", shared_vocab_size)
         if shared > min(vt, vd):
-            raise ValueError(
-                f"shared_vocab_size={shared} exceeds a model's vocab_size (target {vt}, draft {vd})."
-            )
+            raise ValueError(f"shared_vocab_size={shared} exceeds a model's vocab_size (target {vt}, draft {vd}).")
         return shared
     if vt == vd or (vd > vt and _padding_multiple(vt, vd)):
         return vt

@@ -87,9 +87,7 @@ class DecoderConfig:
                 f"{', '.join(SUPPORTED_MODEL_TYPES)}."
             )
         if self.hidden_size % self.num_heads:
-            raise ValueError(
-                f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}."
-            )
+            raise ValueError(f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}.")
         if self.embed_size is None:
             object.__setattr__(self, "embed_size", self.hidden_size)
 
@@ -131,9 +129,7 @@ def _activation(name: str) -> str:
 
 def _reject(hf: dict[str, Any], key: str, ok_value: Any) -> None:
     if hf.get(key, ok_value) != ok_value:
-        raise UnsupportedModelError(
-            f"config.json sets {key}={hf[key]!r}; jaxspec only implements {key}={ok_value!r}."
-        )
+        raise UnsupportedModelError(f"config.json sets {key}={hf[key]!r}; jaxspec only implements {key}={ok_value!r}.")
 
 
 def _first_eos(value: Any) -> int | None:

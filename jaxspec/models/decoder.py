@@ -92,9 +92,9 @@ class Block(nn.Module):
 
         # Scores and softmax in float32 whatever the model dtype: bf16 logits
         # over long contexts lose too much precision.
-        scores_BxHxTxS = jnp.einsum(
-            "bthd,bshd->bhts", q_BxTxHxD, k_cache, preferred_element_type=jnp.float32
-        ) * (cfg.head_dim**-0.5)
+        scores_BxHxTxS = jnp.einsum("bthd,bshd->bhts", q_BxTxHxD, k_cache, preferred_element_type=jnp.float32) * (
+            cfg.head_dim**-0.5
+        )
         scores_BxHxTxS = jnp.where(mask_Bx1xTxS, scores_BxHxTxS, jnp.finfo(jnp.float32).min)
         probs_BxHxTxS = jax.nn.softmax(scores_BxHxTxS, axis=-1).astype(self.dtype)
         attn_BxTxHxD = jnp.einsum("bhts,bshd->bthd", probs_BxHxTxS, v_cache)

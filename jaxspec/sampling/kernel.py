@@ -156,9 +156,7 @@ def verify_tokenwise(
     # there, so the residual at n == K is p_K itself (the bonus distribution).
     # Masking a clamped gather avoids materialising a zero-padded [B, K+1, V].
     p_n_BxV = jnp.take_along_axis(target_probs, num_accepted_B[:, None, None], axis=1)[:, 0]
-    q_n_BxV = jnp.take_along_axis(draft_probs, jnp.minimum(num_accepted_B, k - 1)[:, None, None], axis=1)[
-        :, 0
-    ]
+    q_n_BxV = jnp.take_along_axis(draft_probs, jnp.minimum(num_accepted_B, k - 1)[:, None, None], axis=1)[:, 0]
     q_n_BxV = jnp.where((num_accepted_B < k)[:, None], q_n_BxV, 0.0)
     next_token_B = sample_from_probs(key_next, residual_distribution(p_n_BxV, q_n_BxV))
     return VerifyResult(num_accepted=num_accepted_B.astype(jnp.int32), next_token=next_token_B)

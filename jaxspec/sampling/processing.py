@@ -75,8 +75,7 @@ class SamplingConfig:
             )
         if k < 0:
             raise ValueError(
-                f"SamplingConfig.top_k must be >= 0, got {k!r}; use 0 to turn "
-                "top-k off or a positive int such as 50."
+                f"SamplingConfig.top_k must be >= 0, got {k!r}; use 0 to turn top-k off or a positive int such as 50."
             )
         p = self.top_p
         if isinstance(p, bool) or not isinstance(p, numbers.Real):
@@ -86,8 +85,7 @@ class SamplingConfig:
             )
         if math.isnan(p) or not 0.0 < p <= 1.0:
             raise ValueError(
-                f"SamplingConfig.top_p must lie in (0, 1], got {p!r}; use 1.0 to "
-                "turn top-p off or a value such as 0.9."
+                f"SamplingConfig.top_p must lie in (0, 1], got {p!r}; use 1.0 to turn top-p off or a value such as 0.9."
             )
         # Normalise numpy scalars to Python scalars so equal settings hash equal
         # and jit caches hit regardless of how the config was built.

@@ -1,0 +1,93 @@
+"""Shared helpers of the experiment scripts: defaults, timing, tables, rendering."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxspec.generation.common import ACCEPTED_DRAFT, BONUS, RESAMPLED
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_TARGET = os.path.join(REPO, "checkpoints", "gpt2-target")
+DEFAULT_DRAFT = os.path.join(REPO, "checkpoints", "gpt2-draft")
+DEFAULT_PROMPT = "import os\nimport sys\n\n\ndef main(argv):\n    "
+
+
+def block(tree):
+    return jax.block_until_ready(tree)
+
+
+def time_interleaved(methods: dict[str, Callable[[int], Any]], num_runs: int, warmup: int = 1) -> dict[str, dict]:
+    """Times each method `num_runs` times, interleaving methods run by run.
+
+    Each call gets its own seed (fresh PRNG key; every call also builds fresh
+    caches inside), so no run reuses another's state. The first `warmup`
+    calls of each method (compilation included) are timed separately.
+
+    Returns:
+      {name: {"compile_and_first_s", "times_s": [...], "result": last result}}
+    """
+    out = {name: {"times_s": []} for name in methods}
+    for name, fn in methods.items():
+        start = time.perf_counter()
+        for w in range(warmup):
+            out[name]["result"] = block(fn(10_000 + w))
+        out[name]["compile_and_first_s"] = time.perf_counter() - start
+    for run in range(num_runs):
+        for name, fn in methods.items():
+            start = time.perf_counter()
+            out[name]["result"] = block(fn(run))
+            out[name]["times_s"].append(time.perf_counter() - start)
+    return out
+
+
+def mean_std(xs: list[float]) -> tuple[float, float]:
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+def format_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> str:
+    """A plain-text table; `columns` are (key, header)."""
+    cells = [[h for _, h in columns]] + [[str(r.get(k, "")) for k, _ in columns] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+_COLORS = {ACCEPTED_DRAFT: "\033[32m", RESAMPLED: "\033[31m", BONUS: "\033[34m"}
+_MARKERS = {ACCEPTED_DRAFT: ("", ""), RESAMPLED: ("[", "]"), BONUS: ("{", "}")}
+LEGEND_COLOR = (
+    "legend: \033[32maccepted draft token\033[0m \033[31mtarget resample after a rejection\033[0m "
+    "\033[34mbonus token after a full acceptance\033[0m"
+)
+LEGEND_PLAIN = (
+    "legend: plain = accepted draft token, [x] = target resample after a rejection, "
+    "{x} = bonus token after a full acceptance"
+)
+
+
+def render_provenance(tokenizer, tokens: np.ndarray, provenance: np.ndarray, color: bool | None = None) -> str:
+    """Decoded text with each token marked by where it came from.
+
+    Colours on a terminal; plain-text markers otherwise (or when color=False).
+    """
+    if color is None:
+        color = sys.stdout.isatty()
+    pieces = []
+    for token, kind in zip(tokens.tolist(), provenance.tolist()):
+        text = tokenizer.decode([token])
+        if color and kind in _COLORS:
+            pieces.append(f"{_COLORS[kind]}{text}\033[0m")
+        elif kind in _MARKERS:
+            left, right = _MARKERS[kind]
+            pieces.append(f"{left}{text}{right}")
+        else:
+            pieces.append(text)
+    return "".join(pieces)

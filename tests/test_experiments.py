@@ -1,0 +1,131 @@
+"""The experiment scripts run end to end on tiny models, and reject bad flags cleanly."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import jaxspec
+from jaxspec.testing import random_model, tiny_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXPERIMENTS = os.path.join(REPO, "experiments")
+
+
+@pytest.fixture(scope="module")
+def tiny_pair(tmp_path_factory):
+    """A tokenizer + tiny GPT-2 target + tiny OPT draft saved as HF folders."""
+    sys.path.insert(0, EXPERIMENTS)
+    import training
+
+    root = tmp_path_factory.mktemp("pair")
+    texts = ["def f(x):\n    return x + 1\n", "import os\nprint(os.getcwd())\n"] * 20
+    tokenizer = training.train_tokenizer(texts, 300, str(root / "tok"))
+    vocab = len(tokenizer)
+    eos = tokenizer.eos_token_id
+    folders = {}
+    for name, kind, seed in (("target", "gpt2", 0), ("draft", "opt", 1)):
+        config = tiny_config(kind, vocab_size=vocab, max_positions=128, eos_token_id=eos)
+        folder = root / name
+        jaxspec.save_model(random_model(config, seed, scale=5.0), folder)
+        tokenizer.save_pretrained(folder)
+        folders[name] = str(folder)
+    return folders
+
+
+def _run(script, *args, timeout=300):
+    env = dict(os.environ, PYTHONPATH=REPO)
+    return subprocess.run(
+        [sys.executable, os.path.join(EXPERIMENTS, script), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=REPO,
+    )
+
+
+def test_compare_end_to_end(tiny_pair, tmp_path):
+    out = tmp_path / "c.json"
+    proc = _run(
+        "compare.py",
+        f"--target_model={tiny_pair['target']}",
+        f"--draft_model={tiny_pair['draft']}",
+        "--input_str=def f(x):",
+        "--num_runs=2",
+        "--N=8",
+        "--K=3",
+        "--batch_size=2",
+        "-v",
+        f"--output_json={out}",
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for header in (
+        "time (mean ± std)",
+        "tokens/s",
+        "ms/token",
+        "speedup",
+        "acceptance",
+        "tokens/target call",
+    ):
+        assert header in proc.stdout
+    assert "legend: plain = accepted draft token" in proc.stdout  # not a terminal: markers, no colour codes
+    assert "\033[" not in proc.stdout
+    report = json.loads(out.read_text())
+    spec = report["methods"]["speculative"]
+    assert spec["generated_tokens"] == 16 and len(spec["times_s"]) == 2
+    assert 0.0 <= spec["acceptance_rate"] <= 1.0 and spec["speedup"] > 0
+
+
+@pytest.mark.parametrize(
+    "flag, message",
+    [
+        ("--K=0", "--K=0: 0 is not a positive integer"),
+        ("--top_p=1.5", "--top_p must lie in (0, 1]"),
+        ("--temperature=-1", "--temperature=-1: -1.0 is not a non-negative number"),
+        ("--N=0", "--N=0"),
+        ("--method=beam", "--method=beam"),
+        ("--target_model=/does/not/exist", "no checkpoint folder at '/does/not/exist'"),
+    ],
+)
+def test_compare_bad_flags_give_one_clear_line(flag, message):
+    proc = _run("compare.py", flag, "--num_runs=1", "--N=4")
+    assert proc.returncode != 0
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_compare_prompt_too_long_for_context(tiny_pair):
+    proc = _run(
+        "compare.py",
+        f"--target_model={tiny_pair['target']}",
+        f"--draft_model={tiny_pair['draft']}",
+        "--N=200",
+        "--num_runs=1",
+    )
+    assert proc.returncode == 2
+    assert "context of 128" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_benchmark_sweep_end_to_end(tiny_pair, tmp_path):
+    proc = _run(
+        "benchmark.py",
+        f"--target_model={tiny_pair['target']}",
+        f"--draft_model={tiny_pair['draft']}",
+        "--K=1,2",
+        "--temperatures=0,1",
+        "--batch_sizes=1",
+        "--N=6",
+        "--num_runs=1",
+        "--prompt_tokens=4",
+        f"--out_dir={tmp_path}",
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((tmp_path / "sweep.json").read_text())
+    assert len(report["rows"]) == 4
+    for row in report["rows"]:
+        assert 0 <= row["alpha"] <= 1 and row["predicted_speedup"] > 0 and row["efficiency"] > 0
+    assert (tmp_path / "speedup.png").stat().st_size > 1000
+    assert (tmp_path / "sweep.csv").exists()
