@@ -129,3 +129,24 @@ def test_benchmark_sweep_end_to_end(tiny_pair, tmp_path):
         assert 0 <= row["alpha"] <= 1 and row["predicted_speedup"] > 0 and row["efficiency"] > 0
     assert (tmp_path / "speedup.png").stat().st_size > 1000
     assert (tmp_path / "sweep.csv").exists()
+
+
+def test_vs_transformers_end_to_end(tiny_pair, tmp_path):
+    pytest.importorskip("torch")
+    out = tmp_path / "v.json"
+    proc = _run(
+        "vs_transformers.py",
+        f"--target_model={tiny_pair['target']}",
+        f"--draft_model={tiny_pair['draft']}",
+        "--input_str=def f(x):",
+        "--N=8",
+        "--K=2",
+        "--num_runs=1",
+        "--batch_sizes=2",
+        f"--output_json={out}",
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["greedy_identical"], report
+    assert report["batched"]["2"]["hf_assisted"].startswith("refused")
+    assert "identical token for token" in proc.stdout
