@@ -37,6 +37,7 @@ DRAFT_MINUTES = flags.DEFINE_float("draft_minutes", 7, "Training time budget of 
 TARGET_SHAPE = flags.DEFINE_list("target_shape", ["6", "256", "4"], "Target layers,width,heads.")
 DRAFT_SHAPE = flags.DEFINE_list("draft_shape", ["2", "96", "3"], "Draft layers,width,heads (GPT-2 and OPT).")
 SEED = flags.DEFINE_integer("seed", 0, "Seed for init and batches.")
+MIN_STEPS = flags.DEFINE_integer("min_steps", 50, "Train at least this many steps, whatever the budget.")
 MAX_FILES = flags.DEFINE_integer("max_files", 0, "Use only this many files (0 = all); for smoke runs.")
 
 
@@ -123,6 +124,7 @@ def main(argv):
             batch_size=BATCH.value,
             context=CONTEXT.value,
             peak_lr=lr,
+            min_steps=MIN_STEPS.value,
             seed=SEED.value + i,
             log=_log,
         )

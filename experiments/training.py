@@ -43,6 +43,8 @@ def split_files(files: list[str], heldout_percent: int = 5) -> tuple[list[str], 
         key = os.path.relpath(f, os.path.dirname(os.path.dirname(f)))
         bucket = int(hashlib.sha1(key.encode()).hexdigest(), 16) % 100
         (heldout if bucket < heldout_percent else train).append(f)
+    if not heldout and len(train) > 1:  # tiny corpora (smoke runs) still get a held-out file
+        heldout.append(train.pop())
     return train, heldout
 
 
@@ -149,6 +151,7 @@ def train(
     peak_lr: float,
     seed: int,
     log,
+    min_steps: int = 50,
 ) -> tuple[Model, TrainReport]:
     """AdamW + warmup/cosine, with the schedule fitted to the measured throughput.
 
@@ -179,7 +182,7 @@ def train(
     for _ in range(5):
         jax.block_until_ready(probe_step(model.params, state, batch()))
     per_step = (time.perf_counter() - t0) / 5
-    total_steps = max(50, int(minutes * 60 / per_step))
+    total_steps = max(min_steps, int(minutes * 60 / per_step))
     warmup = max(10, total_steps // 50)
     log(
         f"{model.num_params() / 1e6:.2f}M params; {per_step * 1000:.0f} ms/step "

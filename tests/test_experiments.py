@@ -150,3 +150,31 @@ def test_vs_transformers_end_to_end(tiny_pair, tmp_path):
     assert report["greedy_identical"], report
     assert report["batched"]["2"]["hf_assisted"].startswith("refused")
     assert "identical token for token" in proc.stdout
+
+
+def test_train_pair_smoke(tmp_path):
+    """The whole pipeline (corpus, BPE, three models, save, model cards) at toy size."""
+    proc = _run(
+        "train_pair.py",
+        f"--out_dir={tmp_path}",
+        "--max_files=6",
+        "--vocab_size=300",
+        "--context=16",
+        "--batch_size=2",
+        "--target_shape=1,16,2",
+        "--draft_shape=1,8,2",
+        "--target_minutes=0.01",
+        "--draft_minutes=0.01",
+        "--min_steps=3",
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    for name in ("gpt2-target", "gpt2-draft", "opt-draft"):
+        folder = tmp_path / name
+        model = jaxspec.load_model(folder)
+        assert model.config.max_positions == 16
+        card = (folder / "README.md").read_text()
+        assert "Held-out loss" in card and "Training command" in card
+        assert jaxspec.load_tokenizer(folder)("def f():")["input_ids"]
+    summary = json.loads((tmp_path / "training_summary.json").read_text())
+    assert set(summary["models"]) == {"gpt2-target", "gpt2-draft", "opt-draft"}

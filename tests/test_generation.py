@@ -12,6 +12,8 @@ from jaxspec.generation.common import ACCEPTED_DRAFT, BONUS, NOT_GENERATED, RESA
 from jaxspec.testing import random_model, tiny_config
 
 VOCAB = 48
+
+pytestmark = pytest.mark.usefixtures("fast_compile")
 PROMPTS = [[5, 17, 3, 9, 22], [8], [40, 2, 2]]  # ragged: lengths 5, 1, 3
 
 
