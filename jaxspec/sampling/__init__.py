@@ -4,6 +4,7 @@ from jaxspec.sampling.kernel import (
     VerifyResult,
     acceptance_probability,
     residual_distribution,
+    verify_block,
     verify_tokenwise,
 )
 from jaxspec.sampling.processing import SamplingConfig, processed_logprobs, processed_probs, sample_from_probs
@@ -16,5 +17,6 @@ __all__ = [
     "processed_probs",
     "residual_distribution",
     "sample_from_probs",
+    "verify_block",
     "verify_tokenwise",
 ]

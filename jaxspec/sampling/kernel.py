@@ -1,17 +1,37 @@
-"""Token-wise speculative accept/resample kernel (Leviathan et al.; Chen et al.).
+"""Speculative accept/resample kernels: token-wise and block verification.
 
-For draft tokens x_0..x_{K-1}, drawn from q_0..q_{K-1}, and target
-distributions p_0..p_K (p_K for the bonus token), draft token i is accepted
-with probability min(1, p_i(x_i) / q_i(x_i)); at the first rejection n one
-token is drawn from norm(max(0, p_n - q_n)); if all K are accepted the bonus
-token is drawn from p_K. The emitted tokens are then distributed exactly as
-plain sampling from the p_i, and a draft token is accepted with probability
-sum_x min(p_i(x), q_i(x)) = 1 - TV(p_i, q_i).
+Both kernels take draft tokens x_0..x_{K-1}, drawn from q_0..q_{K-1}, and the
+target distributions p_0..p_K, where p_n is the target's distribution for the
+token that follows the first n drafts (p_K for the bonus token). Both return
+the number n of leading drafts kept and one more token, and both emit tokens
+distributed exactly as plain sampling from the p_i.
+
+Token-wise (Leviathan et al.; Chen et al.), `verify_tokenwise`: draft token i
+is accepted with probability min(1, p_i(x_i) / q_i(x_i)); at the first
+rejection n one token is drawn from norm(max(0, p_n - q_n)); if all K are
+accepted the bonus token is drawn from p_K. A draft token is accepted with
+probability sum_x min(p_i(x), q_i(x)) = 1 - TV(p_i, q_i).
+
+Block (Sun et al. 2024, "Block Verification Accelerates Speculative Decoding",
+Algorithm 2), `verify_block`: the drafts are judged as a block through the
+running weight of each prefix,
+
+    w_0 = 1,   w_n = min(1, w_{n-1} * p_{n-1}(x_{n-1}) / q_{n-1}(x_{n-1})),
+
+the residual after n drafts, r_n = max(0, w_n p_n - q_n) with mass Z_n, and
+the stop probabilities h_n = Z_n / (Z_n + 1 - w_n) for 1 <= n < K, h_K = w_K.
+With independent uniforms eta_1..eta_K, n is the largest index with
+eta_n < h_n (0 if none); the kernel emits x_0..x_{n-1} and then a draw from
+norm(r_n) if n < K, else from p_K. For K = 1 this is the token-wise rule (and
+the kernel's output is bit-identical to `verify_tokenwise`'s); for K > 1 it
+keeps at least as many drafts in expectation over the drafts, and Sun et al.
+prove it optimal in that sense among all valid verifiers. For one fixed block
+of drafts it can keep fewer: the gain holds only in expectation.
 
 Both p and q must be the *processed* distributions (`processing.processed_probs`)
 and q must be exactly the array each draft token was drawn from: a greedy draft
-has a one-hot q, not its softmax. Greedy verification falls out of the same
-kernel: with one-hot p and q it accepts while draft == argmax p and emits the
+has a one-hot q, not its softmax. Greedy verification falls out of both
+kernels: with one-hot p and q they accept while draft == argmax p and emit the
 argmax at the first mismatch.
 """
 
@@ -28,6 +48,7 @@ __all__ = [
     "VerifyResult",
     "acceptance_probability",
     "residual_distribution",
+    "verify_block",
     "verify_tokenwise",
 ]
 
@@ -160,3 +181,127 @@ def verify_tokenwise(
     q_n_BxV = jnp.where((num_accepted_B < k)[:, None], q_n_BxV, 0.0)
     next_token_B = sample_from_probs(key_next, residual_distribution(p_n_BxV, q_n_BxV))
     return VerifyResult(num_accepted=num_accepted_B.astype(jnp.int32), next_token=next_token_B)
+
+
+def _running_weights(p_x_BxK: jax.Array, q_x_BxK: jax.Array) -> jax.Array:
+    """w_1..w_K of block verification, float32 [B, K], from p_i(x_i) and q_i(x_i).
+
+    w_n = min(1, w_{n-1} p / q) is a clipped product, not cumprod(min(1, p / q)):
+    a ratio above 1 can lift a weight that an earlier ratio pushed below 1. In
+    log space it is w_n = exp(S_n - max_{m <= n} S_m) with S_n the sum of the
+    first n log-ratios (a cummax), but float32 S_n - max S_m loses precision for
+    large log-ratios and needs care at log 0 and log inf, so the weights come
+    from a `lax.scan` over the (small, static) K axis of [B] vectors instead:
+    one multiply and one guarded divide per step, rounded like the recursion.
+
+    Edge cases, NaN-free (the quotient is kept only where w_{n-1} p(x) < q(x),
+    so it is finite and <= 1), matching `acceptance_probability`:
+    q(x) = 0 < w_{n-1} p(x) gives w_n = 1 (ratio +inf); w_{n-1} p(x) = 0 gives
+    w_n = 0 whatever q(x) is, so w = 0 is absorbing (0 * inf := 0): a prefix
+    holding a token the target cannot produce keeps weight 0, and block
+    verification never emits it.
+    """
+
+    def step(w_prev_B, pq_x):
+        p_x_B, q_x_B = pq_x
+        mass_B = w_prev_B * p_x_B
+        clipped_B = (mass_B >= q_x_B) & (mass_B > 0)
+        w_B = jnp.where(clipped_B, 1.0, mass_B / jnp.where(q_x_B > 0, q_x_B, 1.0))
+        return w_B, w_B
+
+    w0_B = jnp.ones(p_x_BxK.shape[:1], jnp.float32)
+    _, w_KxB = jax.lax.scan(step, w0_B, (p_x_BxK.T, q_x_BxK.T))
+    return w_KxB.T
+
+
+def _block_weights(draft_tokens, draft_probs, target_probs) -> tuple[jax.Array, jax.Array]:
+    """Running weights w_1..w_K and stop probabilities h_1..h_K, float32 [B, K] each.
+
+    h_n = Z_n / (Z_n + 1 - w_n) for n < K, with Z_n the mass of
+    max(0, w_n p_n - q_n), and h_K = w_K. The denominator is 0 only when
+    w_n = 1 and Z_n = 0; h_n is then 1, its value all along w_n = 1 (any
+    Z_n > 0 gives Z_n / Z_n = 1), so w_n = 1 always implies h_n = 1. For drafts
+    drawn from q the choice never changes the output: Z_n = 0 at w_n = 1 means
+    p_n = q_n, so x_n has ratio 1 and w_{n+1} = 1, and by induction a later
+    index m has h_m = 1 (the first with Z_m > 0, or m = K with h_K = w_K = 1)
+    and fires, so n is never the largest index that fires.
+    """
+    draft_tokens = jnp.asarray(draft_tokens).astype(jnp.int32)
+    draft_probs = jnp.asarray(draft_probs, jnp.float32)
+    target_probs = jnp.asarray(target_probs, jnp.float32)
+    k = draft_tokens.shape[1]
+    p_x_BxK = _probs_at(target_probs[:, :k], draft_tokens)
+    q_x_BxK = _probs_at(draft_probs, draft_tokens)
+    w_BxK = _running_weights(p_x_BxK, q_x_BxK)
+    # Z_n for n = 1..K-1 uses p_n, q_n: the distributions after the first n drafts.
+    residual_BxKm1xV = jnp.maximum(w_BxK[:, :-1, None] * target_probs[:, 1:k] - draft_probs[:, 1:], 0.0)
+    z_BxKm1 = jnp.sum(residual_BxKm1xV, axis=-1)
+    denom_BxKm1 = z_BxKm1 + (1.0 - w_BxK[:, :-1])
+    h_BxKm1 = jnp.where(denom_BxKm1 > 0, z_BxKm1 / jnp.where(denom_BxKm1 > 0, denom_BxKm1, 1.0), 1.0)
+    return w_BxK, jnp.concatenate([h_BxKm1, w_BxK[:, -1:]], axis=1)
+
+
+def verify_block(
+    key: jax.Array,
+    draft_tokens: jax.Array,
+    draft_probs: jax.Array,
+    target_probs: jax.Array,
+) -> VerifyResult:
+    """Block verification (Sun et al. 2024, Algorithm 2) of K draft tokens for B rows.
+
+    Same contract as `verify_tokenwise`; the rule is in the module docstring
+    (the paper's gamma is K, its weights p_i are w_i here, and its
+    M_b(. | c, X^i) is target_probs[:, i]). The uniforms and the final draw use
+    the key exactly as `verify_tokenwise` does, and the test at n = K is written
+    as there, eta_K q_{K-1}(x_{K-1}) < w_{K-1} p_{K-1}(x_{K-1}) (probability
+    min(1, w_{K-1} p / q) = w_K), so for K = 1 the two kernels return identical
+    arrays. Tests are strict (eta_n < h_n) so that h_n = 0 never fires, even for
+    the uniform 0.0 that float32 sampling can return.
+
+    Args:
+      key: a PRNG key, consumed here.
+      draft_tokens: int [B, K] draft tokens x_0..x_{K-1}.
+      draft_probs: float32 [B, K, V]; q_i, exactly what x_i was drawn from.
+      target_probs: float32 [B, K + 1, V]; p_i, the processed target
+        distribution for draft position i (p[:, K] is for the bonus token).
+
+    Returns:
+      A `VerifyResult` of int32 [B] arrays: num_accepted n, the largest index
+      whose stop test fired, and next_token from norm(max(0, w_n p_n - q_n)) if
+      n < K (falling back to p_n when that residual has no mass, as in
+      `residual_distribution`), else from p_K. With context-free or causally
+      computed p_i, the emitted tokens have exactly the distribution of
+      sampling from the p_i one token at a time.
+    """
+    draft_tokens = jnp.asarray(draft_tokens)
+    draft_probs = jnp.asarray(draft_probs, jnp.float32)
+    target_probs = jnp.asarray(target_probs, jnp.float32)
+    _check_shapes(draft_tokens, draft_probs, target_probs)
+    b, k = draft_tokens.shape
+    draft_tokens = draft_tokens.astype(jnp.int32)
+    key_stop, key_next = jax.random.split(key)
+
+    w_BxK, h_BxK = _block_weights(draft_tokens, draft_probs, target_probs)
+    # w_{n} for n = 0..K, with w_0 = 1 exactly (so 1.0 * p below is p, bit for bit).
+    w_BxK1 = jnp.concatenate([jnp.ones((b, 1), jnp.float32), w_BxK], axis=1)
+    # Flat draw + reshape, as in verify_tokenwise: the same uniforms for the same key.
+    eta_BxK = jax.random.uniform(key_stop, (b * k,), jnp.float32).reshape(b, k)
+    p_last_B = _probs_at(target_probs[:, k - 1], draft_tokens[:, k - 1])
+    q_last_B = _probs_at(draft_probs[:, k - 1], draft_tokens[:, k - 1])
+    stop_last_B = eta_BxK[:, k - 1] * q_last_B < w_BxK1[:, k - 1] * p_last_B
+    stop_BxK = jnp.concatenate([eta_BxK[:, :-1] < h_BxK[:, :-1], stop_last_B[:, None]], axis=1)
+    # n = the largest index whose test fired: no early exit, every eta is used.
+    index_BxK = jax.lax.broadcasted_iota(jnp.int32, (b, k), 1) + 1
+    num_accepted_B = jnp.max(jnp.where(stop_BxK, index_BxK, 0), axis=1)
+
+    # Residual max(0, w_n p_n - q_n), with q_K taken as zero and the weight as 1
+    # at n == K (the bonus draw from p_K), as in verify_tokenwise. w_n > 0 for
+    # every n that can fire (w_n = 0 gives Z_n = 0 and h_n = 0), so w_n p_n is
+    # never all zero and the zero-mass fallback stays a valid distribution.
+    w_n_B = jnp.take_along_axis(w_BxK1, num_accepted_B[:, None], axis=1)[:, 0]
+    scale_B = jnp.where(num_accepted_B < k, w_n_B, 1.0)
+    p_n_BxV = jnp.take_along_axis(target_probs, num_accepted_B[:, None, None], axis=1)[:, 0]
+    q_n_BxV = jnp.take_along_axis(draft_probs, jnp.minimum(num_accepted_B, k - 1)[:, None, None], axis=1)[:, 0]
+    q_n_BxV = jnp.where((num_accepted_B < k)[:, None], q_n_BxV, 0.0)
+    next_token_B = sample_from_probs(key_next, residual_distribution(scale_B[:, None] * p_n_BxV, q_n_BxV))
+    return VerifyResult(num_accepted=num_accepted_B, next_token=next_token_B)
