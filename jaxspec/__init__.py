@@ -2,6 +2,7 @@
 
 Public API:
   speculative_sample, autoregressive_sample: the on-device generation loops.
+  ModelDrafter, NgramDrafter: what proposes draft tokens (a model or prompt lookup).
   load_model, save_model, load_tokenizer: Hugging Face checkpoints (GPT-2, OPT).
   Model, KVCache, DecoderConfig: the model pytree, its cache and architecture.
   SamplingConfig: temperature / top-k / top-p settings (validated).
@@ -10,6 +11,9 @@ Public API:
 from jaxspec.generation import (
     PROVENANCE_NAMES,
     AutoregressiveResult,
+    Drafter,
+    ModelDrafter,
+    NgramDrafter,
     SpeculativeResult,
     autoregressive_sample,
     speculative_sample,
@@ -33,8 +37,11 @@ __all__ = [
     "AutoregressiveResult",
     "CheckpointError",
     "DecoderConfig",
+    "Drafter",
     "KVCache",
     "Model",
+    "ModelDrafter",
+    "NgramDrafter",
     "SamplingConfig",
     "SpeculativeResult",
     "UnsupportedModelError",

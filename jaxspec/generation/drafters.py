@@ -1,0 +1,234 @@
+"""Drafters: what proposes the K tokens that the target verifies.
+
+A drafter is a pytree (a `flax.struct.dataclass`): its arrays (e.g. a draft
+model's params) are traced by jit, its static fields (settings) are part of
+the compiled loop's identity. `speculative_sample` drives any drafter through
+three pure functions, all called inside the on-device loop:
+
+- `init(prompt_ids_BxT, prompt_lengths_B, cache_length) -> state`: once,
+  after the prompt is known (e.g. prefill a KV cache). `state` is a pytree.
+- `propose(state, seqs, key, num_draft_tokens) -> (tokens_BxK, q_BxKxV, state)`:
+  K tokens per row *and exactly the distributions they were drawn from*. A
+  deterministic proposal (greedy, lookup) has a one-hot q. The accept/resample
+  kernels are exact for any q that is truthful, so every drafter inherits the
+  exactness of the loop.
+- `commit(state, old_lengths_B, new_lengths_B, active_B, num_draft_tokens) -> state`:
+  after verification, drop what the rejected drafts left behind (a cache is
+  rolled back by length, never copied).
+
+Host-side, before any compute: `vocab_size_for(target)` (the shared ids) and
+`check_context(needed)`.
+
+Two drafters ship: `ModelDrafter` (a small LM with its own KV cache) and
+`NgramDrafter` (prompt lookup: no model at all). A third, e.g. a self-draft
+from the target's first layers, would hold the target `Model` as a field, keep
+its own truncated cache as state, and implement the same three functions.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from jaxspec.generation import common
+from jaxspec.models.cache import KVCache
+from jaxspec.models.model import Model
+from jaxspec.sampling.processing import SamplingConfig, processed_probs, sample_from_probs
+
+__all__ = ["Drafter", "ModelDrafter", "NgramDrafter"]
+
+
+class Drafter(Protocol):
+    """The interface `speculative_sample` drives (see the module docstring)."""
+
+    def vocab_size_for(self, target: Model) -> int: ...
+
+    def check_context(self, needed: int, detail: str) -> None: ...
+
+    def init(self, prompt_ids_BxT: jax.Array, prompt_lengths_B: jax.Array, cache_length: int) -> Any: ...
+
+    def propose(
+        self, state: Any, seqs: common.Sequences, key: jax.Array, num_draft_tokens: int
+    ) -> tuple[jax.Array, jax.Array, Any]: ...
+
+    def commit(
+        self,
+        state: Any,
+        old_lengths_B: jax.Array,
+        new_lengths_B: jax.Array,
+        active_B: jax.Array,
+        num_draft_tokens: int,
+    ) -> Any: ...
+
+
+def _padding_multiple(small: int, large: int) -> bool:
+    """True if `large` is `small` rounded up to a multiple of a power of two <= 128."""
+    return any(large == -(-small // m) * m for m in (8, 16, 32, 64, 128))
+
+
+def shared_vocabulary(target: Model, draft: Model, shared_vocab_size: int | None) -> int:
+    """The token ids both models sample over.
+
+    Equal vocab sizes need nothing. A draft whose embedding only pads the
+    target's (e.g. 50272 = 50257 rounded up to a multiple of 16) is accepted and
+    its padding ids are masked out of q. Anything else is refused unless the
+    caller states the shared vocabulary explicitly.
+    """
+    vt, vd = target.vocab_size, draft.vocab_size
+    if shared_vocab_size is not None:
+        shared = common.check_positive_int("shared_vocab_size", shared_vocab_size)
+        if shared > min(vt, vd):
+            raise ValueError(f"shared_vocab_size={shared} exceeds a model's vocab_size (target {vt}, draft {vd}).")
+        return shared
+    if vt == vd or (vd > vt and _padding_multiple(vt, vd)):
+        return vt
+    raise ValueError(
+        f"draft vocab_size={vd} differs from target vocab_size={vt}: speculative sampling needs both "
+        "models on one tokenizer. If one vocabulary only pads the other, pass shared_vocab_size=<the "
+        "tokenizer's size>."
+    )
+
+
+@flax.struct.dataclass
+class ModelDrafter:
+    """A small language model that samples K tokens with its own KV cache.
+
+    Attributes:
+      model: the draft `Model` (traced: its params are jit arguments).
+      sampling: how the draft samples (static); q is exactly this processed law.
+      shared_vocab_size: ids both models sample over, when they differ only by
+        padding rows (None: decided by `shared_vocabulary`).
+
+    State: the draft's `KVCache`. Cache invariant at the start of a round, for
+    a row with L valid tokens: it holds tokens[0 : D] with D in {L-2, L-1}.
+    The first draft step feeds the 2-token chunk tokens[D : D+2] and reads the
+    logits of the last real one. D = L-2 happens after a fully accepted block:
+    d_K was sampled but never fed to the draft, so its key/value entry is
+    missing (the bug of vLLM #4212); the 2-token chunk writes it before
+    anything reads it. When D = L-1 the chunk's second token is padding: it is
+    written past the length and overwritten by the next step.
+    """
+
+    model: Model
+    sampling: SamplingConfig = flax.struct.field(pytree_node=False, default=SamplingConfig())
+    shared_vocab_size: int | None = flax.struct.field(pytree_node=False, default=None)
+    vocab_size: int | None = flax.struct.field(pytree_node=False, default=None)
+
+    def vocab_size_for(self, target: Model) -> int:
+        return shared_vocabulary(target, self.model, self.shared_vocab_size)
+
+    def check_context(self, needed: int, detail: str) -> None:
+        common.check_context(self.model, "draft", needed, detail)
+
+    def init(self, prompt_ids_BxT, prompt_lengths_B, cache_length: int) -> KVCache:
+        cache = self.model.init_cache(prompt_ids_BxT.shape[0], cache_length)
+        return common.prefill(self.model, prompt_ids_BxT, prompt_lengths_B, cache)
+
+    def propose(self, state: KVCache, seqs: common.Sequences, key: jax.Array, num_draft_tokens: int):
+        """Returns tokens int32 [B, K], q float32 [B, K, V], and the cache
+        holding tokens[0 : L-1+K-1] (d_K is never fed)."""
+        vocab = self.vocab_size
+        cache = state
+        start_B = cache.lengths  # L-2 or L-1, see the class docstring
+        chunk_Bx2 = jax.vmap(lambda row, s: jax.lax.dynamic_slice(row, (s,), (2,)))(seqs.tokens, start_B)
+        logits_Bx2xV, cache = self.model(chunk_Bx2, cache)
+        last_B = seqs.lengths - 1 - start_B  # 1 if D = L-2, else 0
+        logits_BxV = jnp.take_along_axis(logits_Bx2xV, last_B[:, None, None], axis=1)[:, 0, :vocab]
+        cache = cache.with_lengths(seqs.lengths)
+        keys = jax.random.split(key, num_draft_tokens)
+        q_BxV = processed_probs(logits_BxV, self.sampling)
+        token_B = sample_from_probs(keys[0], q_BxV)
+
+        def step(carry, step_key):
+            cache, token_B = carry
+            logits_Bx1xV, cache = self.model(token_B[:, None], cache)
+            q_BxV = processed_probs(logits_Bx1xV[:, 0, :vocab], self.sampling)
+            next_B = sample_from_probs(step_key, q_BxV)
+            return (cache, next_B), (next_B, q_BxV)
+
+        (cache, _), (rest_tokens, rest_q) = jax.lax.scan(step, (cache, token_B), keys[1:])
+        tokens_BxK = jnp.concatenate([token_B[:, None], jnp.moveaxis(rest_tokens, 0, 1)], axis=1)
+        q_BxKxV = jnp.concatenate([q_BxV[:, None], jnp.moveaxis(rest_q, 0, 1)], axis=1)
+        return tokens_BxK, q_BxKxV, cache
+
+    def commit(self, state: KVCache, old_lengths_B, new_lengths_B, active_B, num_draft_tokens: int) -> KVCache:
+        # The cache holds tokens[0:L] plus d_1..d_{K-1}; keep what is still valid.
+        kept_B = jnp.minimum(old_lengths_B + num_draft_tokens - 1, new_lengths_B - 1)
+        return state.with_lengths(jnp.where(active_B, kept_B, state.lengths))
+
+
+@flax.struct.dataclass
+class NgramDrafter:
+    """Prompt lookup: propose what followed the last n tokens the last time.
+
+    For each row, the longest n in max_ngram..min_ngram whose last-n-token
+    suffix occurred earlier in prompt + generated text wins; its most recent
+    earlier occurrence (the largest start j < L - n) gives the proposal
+    tokens[j+n], tokens[j+n+1], ... continued periodically with period
+    L - n - j once it reaches the present (so a repeating pattern keeps
+    repeating). With no match at all, the row proposes its last token K times
+    (the target simply rejects what it disagrees with). As in transformers'
+    `prompt_lookup_num_tokens` and vLLM's n-gram speculator, but as a pure
+    function of the on-device token buffer, O(B * S * n) compares per round.
+
+    The proposal is deterministic, so q is one-hot: the same exact kernels apply.
+
+    Attributes (all static):
+      max_ngram: longest suffix tried (>= min_ngram).
+      min_ngram: shortest suffix that counts as a match (>= 1).
+      vocab_size: set by `speculative_sample` (the target's vocabulary).
+    """
+
+    max_ngram: int = flax.struct.field(pytree_node=False, default=3)
+    min_ngram: int = flax.struct.field(pytree_node=False, default=1)
+    vocab_size: int | None = flax.struct.field(pytree_node=False, default=None)
+
+    def __post_init__(self):
+        common.check_positive_int("min_ngram", self.min_ngram)
+        common.check_positive_int("max_ngram", self.max_ngram)
+        if self.max_ngram < self.min_ngram:
+            raise ValueError(f"max_ngram={self.max_ngram} must be >= min_ngram={self.min_ngram}.")
+
+    def vocab_size_for(self, target: Model) -> int:
+        return target.vocab_size
+
+    def check_context(self, needed: int, detail: str) -> None:
+        del needed, detail  # no positions of its own
+
+    def init(self, prompt_ids_BxT, prompt_lengths_B, cache_length: int) -> tuple:
+        del prompt_ids_BxT, prompt_lengths_B, cache_length
+        return ()
+
+    def lookup(self, tokens_BxS: jax.Array, lengths_B: jax.Array, num_draft_tokens: int) -> jax.Array:
+        """int32 [B, K] proposals for buffers tokens_BxS valid up to lengths_B."""
+        width = tokens_BxS.shape[1]
+        pos_S = jnp.arange(width, dtype=jnp.int32)
+        best_start_B = jnp.full(lengths_B.shape, -1, jnp.int32)  # j of the chosen match
+        best_n_B = jnp.zeros(lengths_B.shape, jnp.int32)
+        for n in range(self.min_ngram, self.max_ngram + 1):  # static, a few sizes
+            match_BxS = (pos_S[None, :] < (lengths_B - n)[:, None]) & (lengths_B >= n + 1)[:, None]
+            for t in range(n):
+                suffix_B = jnp.take_along_axis(tokens_BxS, jnp.maximum(lengths_B - n + t, 0)[:, None], axis=1)
+                shifted_BxS = jnp.roll(tokens_BxS, -t, axis=1)  # shifted[j] = tokens[j + t]
+                match_BxS &= shifted_BxS == suffix_B
+            start_B = jnp.max(jnp.where(match_BxS, pos_S[None, :], -1), axis=1)
+            found_B = start_B >= 0  # a longer n overrides a shorter one
+            best_start_B = jnp.where(found_B, start_B, best_start_B)
+            best_n_B = jnp.where(found_B, n, best_n_B)
+        found_B = best_start_B >= 0
+        period_B = jnp.maximum(lengths_B - best_n_B - best_start_B, 1)
+        offset_K = jnp.arange(num_draft_tokens, dtype=jnp.int32)
+        source_BxK = (best_start_B + best_n_B)[:, None] + offset_K[None, :] % period_B[:, None]
+        source_BxK = jnp.where(found_B[:, None], source_BxK, (lengths_B - 1)[:, None])
+        return jnp.take_along_axis(tokens_BxS, source_BxK, axis=1)
+
+    def propose(self, state: tuple, seqs: common.Sequences, key: jax.Array, num_draft_tokens: int):
+        del key  # deterministic
+        tokens_BxK = self.lookup(seqs.tokens, seqs.lengths, num_draft_tokens)
+        return tokens_BxK, jax.nn.one_hot(tokens_BxK, self.vocab_size, dtype=jnp.float32), state
+
+    def commit(self, state: tuple, old_lengths_B, new_lengths_B, active_B, num_draft_tokens: int) -> tuple:
+        return state
