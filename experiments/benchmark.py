@@ -10,11 +10,23 @@ from those measured alpha and costs (Leviathan et al.: tokens per round
 the ratio measured / predicted ("efficiency"). Runs are interleaved and each
 uses a different held-out prompt (same token length, so one compile).
 
+Both verification rules are swept (--verify): token-wise and block
+verification (Sun et al. 2024); the JSON/CSV rows carry the rule, and
+acceptance.png compares their accepted drafts per round. For block
+verification the alpha formula does not apply; its predicted speedup uses
+the measured tokens per round instead.
+
+N-gram mode (--mode=ngram) compares draft-free prompt lookup (`NgramDrafter`)
+with the model draft and plain decoding on prompt sets where lookup should
+shine (a snippet quoted back; real code that repeats its identifiers) and one
+where it should not (the same code with its tokens shuffled).
+
 Size mode (--mode=size) times the per-call costs of Hugging Face-sized configs
 with random weights (gpt2 vs gpt2-medium/large/xl, opt-125m vs opt-1.3b).
 Acceptance is meaningless for random weights, so only costs are reported.
 
     python experiments/benchmark.py --out_dir results/benchmark
+    python experiments/benchmark.py --mode=ngram --out_dir results/ngram
     python experiments/benchmark.py --mode=size --out_dir results/size
 """
 
@@ -39,12 +51,14 @@ import jaxspec  # noqa: E402
 from jaxspec.models.config import DecoderConfig  # noqa: E402
 from jaxspec.models.model import init_model  # noqa: E402
 
-MODE = flags.DEFINE_enum("mode", "sweep", ["sweep", "size"], "What to benchmark.")
+MODE = flags.DEFINE_enum("mode", "sweep", ["sweep", "ngram", "size"], "What to benchmark.")
 TARGET = flags.DEFINE_string("target_model", harness.DEFAULT_TARGET, "Target folder or hub id (sweep).")
 DRAFT = flags.DEFINE_string("draft_model", harness.DEFAULT_DRAFT, "Draft folder or hub id (sweep).")
 KS = flags.DEFINE_list("K", ["1", "2", "3", "4", "6", "8"], "Draft lengths to sweep.")
 TEMPERATURES = flags.DEFINE_list("temperatures", ["0", "0.6", "1.0"], "Temperatures to sweep.")
 BATCHES = flags.DEFINE_list("batch_sizes", ["1", "4", "16"], "Batch sizes to sweep.")
+NGRAM_K = flags.DEFINE_integer("ngram_K", 4, "Draft tokens per round in ngram mode.", lower_bound=1)
+VERIFY = flags.DEFINE_list("verify", ["tokenwise", "block"], "Verification rules to sweep.")
 N = flags.DEFINE_integer("N", 64, "New tokens per row.", lower_bound=1)
 PROMPT_TOKENS = flags.DEFINE_integer("prompt_tokens", 32, "Prompt length (tokens) cut from held-out files.")
 NUM_RUNS = flags.DEFINE_integer("num_runs", 3, "Timed runs per cell (each with another prompt).", lower_bound=1)
@@ -119,6 +133,39 @@ def predicted_speedup(alpha: float, k: int, c_target: float, c_verify: float, c_
     return tokens_per_round * c_target / (k * c_draft + c_verify)
 
 
+def _sweep_row(timing: dict, ar_mean: float, ar_std: float, c: dict, b: int, t: float, k: int, verify: str) -> dict:
+    res = timing["result"]
+    mean, std = harness.mean_std(timing["times_s"])
+    alpha = float(np.sum(np.asarray(res.num_accepted)) / np.sum(np.asarray(res.num_drafted)))
+    tokens_per_round = float(np.sum(np.asarray(res.lengths)) / np.sum(np.asarray(res.num_rounds)))
+    if verify == "tokenwise":
+        predicted = predicted_speedup(alpha, k, c["target_step_ms"], c["verify_ms"][k], c["draft_step_ms"])
+    else:  # no closed form in alpha: use the measured tokens per round
+        predicted = tokens_per_round * c["target_step_ms"] / (k * c["draft_step_ms"] + c["verify_ms"][k])
+    measured = ar_mean / mean
+    return dict(
+        batch_size=b,
+        temperature=t,
+        K=k,
+        verify=verify,
+        alpha=alpha,
+        accepted_per_round=float(np.sum(np.asarray(res.num_accepted)) / np.sum(np.asarray(res.num_rounds))),
+        tokens_per_round=tokens_per_round,
+        spec_ms=1000 * mean,
+        spec_std_ms=1000 * std,
+        ar_ms=1000 * ar_mean,
+        ar_std_ms=1000 * ar_std,
+        speedup=measured,
+        predicted_speedup=predicted,
+        efficiency=measured / predicted,
+        target_step_ms=c["target_step_ms"],
+        verify_ms=c["verify_ms"][k],
+        draft_step_ms=c["draft_step_ms"],
+        verify_ratio=c["verify_ms"][k] / c["target_step_ms"],
+        c=c["draft_step_ms"] / c["target_step_ms"],
+    )
+
+
 def heldout_prompts(tokenizer, count: int, length: int) -> np.ndarray:
     """`count` prompts of exactly `length` tokens from distinct held-out files."""
     _, heldout = training.split_files(training.python_files())
@@ -169,45 +216,22 @@ def sweep():
                 )
             }
             for k in ks:
-                methods[f"K={k}"] = lambda seed, k=k, t=t: jaxspec.speculative_sample(
-                    target,
-                    draft,
-                    batch_of(seed),
-                    key=jax.random.key(seed),
-                    max_new_tokens=N.value,
-                    num_draft_tokens=k,
-                    temperature=t,
-                )
+                for v in VERIFY.value:
+                    methods[f"K={k} {v}"] = lambda seed, k=k, t=t, v=v: jaxspec.speculative_sample(
+                        target,
+                        draft,
+                        batch_of(seed),
+                        key=jax.random.key(seed),
+                        max_new_tokens=N.value,
+                        num_draft_tokens=k,
+                        temperature=t,
+                        verify=v,
+                    )
             timings = harness.time_interleaved(methods, NUM_RUNS.value)
             ar_mean, ar_std = harness.mean_std(timings["autoregressive"]["times_s"])
-            c = costs[b]
             for k in ks:
-                res = timings[f"K={k}"]["result"]
-                mean, std = harness.mean_std(timings[f"K={k}"]["times_s"])
-                alpha = float(np.sum(np.asarray(res.num_accepted)) / np.sum(np.asarray(res.num_drafted)))
-                predicted = predicted_speedup(alpha, k, c["target_step_ms"], c["verify_ms"][k], c["draft_step_ms"])
-                measured = ar_mean / mean
-                rows.append(
-                    dict(
-                        batch_size=b,
-                        temperature=t,
-                        K=k,
-                        alpha=alpha,
-                        tokens_per_round=float(np.mean(np.asarray(res.tokens_per_round))),
-                        spec_ms=1000 * mean,
-                        spec_std_ms=1000 * std,
-                        ar_ms=1000 * ar_mean,
-                        ar_std_ms=1000 * ar_std,
-                        speedup=measured,
-                        predicted_speedup=predicted,
-                        efficiency=measured / predicted,
-                        target_step_ms=c["target_step_ms"],
-                        verify_ms=c["verify_ms"][k],
-                        draft_step_ms=c["draft_step_ms"],
-                        verify_ratio=c["verify_ms"][k] / c["target_step_ms"],
-                        c=c["draft_step_ms"] / c["target_step_ms"],
-                    )
-                )
+                for v in VERIFY.value:
+                    rows.append(_sweep_row(timings[f"K={k} {v}"], ar_mean, ar_std, costs[b], b, t, k, v))
             done += 1
             elapsed = time.perf_counter() - start
             best = max(
@@ -215,7 +239,7 @@ def sweep():
                 key=lambda r: r["speedup"],
             )
             _log(
-                f"[{done}/{total}] batch {b} T={t}: best K={best['K']} speedup {best['speedup']:.2f}x "
+                f"[{done}/{total}] batch {b} T={t}: best K={best['K']} {best['verify']} speedup {best['speedup']:.2f}x "
                 f"(alpha {best['alpha']:.2f}); ETA {elapsed / done * (total - done) / 60:.1f} min"
             )
     return dict(
@@ -253,42 +277,161 @@ def size_mode():
     return dict(mode="size", rows=rows, device=str(jax.devices()[0]), command="python " + " ".join(sys.argv))
 
 
-def plot(report: dict, path: str) -> None:
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot(report: dict, path: str) -> None:
+    """speedup.png: measured (solid: token-wise, dotted: block) and predicted (dashed) speedup vs K."""
+    plt = _pyplot()
     rows = report["rows"]
     batches = sorted({r["batch_size"] for r in rows})
     fig, axes = plt.subplots(1, len(batches), figsize=(5 * len(batches), 4), sharey=True, squeeze=False)
     for ax, b in zip(axes[0], batches):
         for t in sorted({r["temperature"] for r in rows}):
-            sel = sorted((r for r in rows if r["batch_size"] == b and r["temperature"] == t), key=lambda r: r["K"])
-            ks = [r["K"] for r in sel]
-            line = ax.plot(ks, [r["speedup"] for r in sel], "o-", label=f"T={t} measured")[0]
-            ax.plot(
-                ks,
-                [r["predicted_speedup"] for r in sel],
-                "--",
-                color=line.get_color(),
-                label=f"T={t} predicted",
-            )
+            cell = [r for r in rows if r["batch_size"] == b and r["temperature"] == t]
+            tokenwise = sorted((r for r in cell if r["verify"] == "tokenwise"), key=lambda r: r["K"])
+            block_rows = sorted((r for r in cell if r["verify"] == "block"), key=lambda r: r["K"])
+            color = None
+            if tokenwise:
+                ks = [r["K"] for r in tokenwise]
+                color = ax.plot(ks, [r["speedup"] for r in tokenwise], "o-", label=f"T={t} token-wise")[0].get_color()
+                ax.plot(ks, [r["predicted_speedup"] for r in tokenwise], "--", color=color, label=f"T={t} predicted")
+            if block_rows:
+                ax.plot(
+                    [r["K"] for r in block_rows],
+                    [r["speedup"] for r in block_rows],
+                    "x:",
+                    color=color,
+                    label=f"T={t} block",
+                )
         ax.axhline(1.0, color="gray", lw=0.8)
         ax.set_title(f"batch {b}")
         ax.set_xlabel("K (draft tokens per round)")
     axes[0][0].set_ylabel("speedup over autoregressive")
     axes[0][-1].legend(fontsize=7)
-    fig.suptitle("jaxspec speculative sampling on the shipped pair (2-core CPU)")
+    fig.suptitle(f"jaxspec speculative sampling on the shipped pair ({report['device']})")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_acceptance(report: dict, path: str) -> None:
+    """acceptance.png: accepted drafts per round, token-wise vs block, per temperature (all batches pooled)."""
+    plt = _pyplot()
+    rows = report["rows"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for t in sorted({r["temperature"] for r in rows}):
+        color = None
+        for v, style in (("tokenwise", "o-"), ("block", "x:")):
+            sel = [r for r in rows if r["temperature"] == t and r["verify"] == v]
+            ks = sorted({r["K"] for r in sel})
+            if not ks:
+                continue
+            mean = [np.mean([r["accepted_per_round"] for r in sel if r["K"] == k]) for k in ks]
+            color = ax.plot(ks, mean, style, color=color, label=f"T={t} {v}")[0].get_color()
+    ax.set_xlabel("K (draft tokens per round)")
+    ax.set_ylabel("accepted draft tokens per round")
+    ax.legend(fontsize=7)
+    ax.set_title("token-wise vs block verification, shipped pair")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def ngram_prompt_sets(tokenizer, count: int, length: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Prompt sets of equal token length (one compile per set and method).
+
+    quote: a held-out snippet, a comment asking for it again, and its first
+      tokens (the continuation should copy the snippet: lookup's best case);
+    code: real held-out code, which repeats its own identifiers;
+    shuffled: the same code with its tokens permuted (no structure to look up).
+    """
+    snippet_len = length // 2
+    cue = tokenizer("\n\n# The same code again:\n", add_special_tokens=False)["input_ids"]
+    head = length - snippet_len - len(cue)
+    code = heldout_prompts(tokenizer, count, length)
+    quote = [list(row[:snippet_len]) + cue + list(row[:head]) for row in code]
+    rng = np.random.default_rng(seed)
+    shuffled = np.stack([rng.permutation(row) for row in code])
+    return {"quote": np.asarray(quote, np.int32), "code": code, "shuffled": shuffled.astype(np.int32)}
+
+
+def ngram_mode():
+    target = jaxspec.load_model(TARGET.value)
+    draft = jaxspec.load_model(DRAFT.value)
+    tokenizer = jaxspec.load_tokenizer(TARGET.value)
+    k = NGRAM_K.value
+    temps = [float(t) for t in TEMPERATURES.value]
+    sets = ngram_prompt_sets(tokenizer, NUM_RUNS.value + 1, PROMPT_TOKENS.value)
+    proposers = {
+        "ngram tokenwise": (jaxspec.NgramDrafter(max_ngram=3), "tokenwise"),
+        "ngram block": (jaxspec.NgramDrafter(max_ngram=3), "block"),
+        "draft model": (draft, "tokenwise"),
+    }
+    rows, done, total, start = [], 0, len(sets) * len(temps), time.perf_counter()
+    for set_name, prompts in sets.items():
+        for t in temps:
+            methods = {
+                "autoregressive": lambda seed, t=t, p=prompts: jaxspec.autoregressive_sample(
+                    target, p[seed % len(p)][None], key=jax.random.key(seed), max_new_tokens=N.value, temperature=t
+                )
+            }
+            for name, (proposer, verify) in proposers.items():
+                methods[name] = lambda seed, t=t, p=prompts, d=proposer, v=verify: jaxspec.speculative_sample(
+                    target,
+                    d,
+                    p[seed % len(p)][None],
+                    key=jax.random.key(seed),
+                    max_new_tokens=N.value,
+                    num_draft_tokens=k,
+                    temperature=t,
+                    verify=v,
+                )
+            timings = harness.time_interleaved(methods, NUM_RUNS.value)
+            ar_mean, _ = harness.mean_std(timings["autoregressive"]["times_s"])
+            for name in proposers:
+                res = timings[name]["result"]
+                mean, std = harness.mean_std(timings[name]["times_s"])
+                rows.append(
+                    dict(
+                        prompts=set_name,
+                        temperature=t,
+                        method=name,
+                        K=k,
+                        alpha=float(np.sum(np.asarray(res.num_accepted)) / np.sum(np.asarray(res.num_drafted))),
+                        tokens_per_round=float(np.sum(np.asarray(res.lengths)) / np.sum(np.asarray(res.num_rounds))),
+                        spec_ms=1000 * mean,
+                        spec_std_ms=1000 * std,
+                        ar_ms=1000 * ar_mean,
+                        speedup=ar_mean / mean,
+                    )
+                )
+            done += 1
+            elapsed = time.perf_counter() - start
+            _log(f"[{done}/{total}] {set_name} T={t}; ETA {elapsed / done * (total - done) / 60:.1f} min")
+    return dict(
+        mode="ngram",
+        target=TARGET.value,
+        draft=DRAFT.value,
+        N=N.value,
+        K=k,
+        rows=rows,
+        device=str(jax.devices()[0]),
+        command="python " + " ".join(sys.argv),
+    )
 
 
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
     os.makedirs(OUT_DIR.value, exist_ok=True)
-    report = sweep() if MODE.value == "sweep" else size_mode()
+    report = {"sweep": sweep, "ngram": ngram_mode, "size": size_mode}[MODE.value]()
     with open(os.path.join(OUT_DIR.value, f"{MODE.value}.json"), "w") as f:
         json.dump(report, f, indent=2)
     with open(os.path.join(OUT_DIR.value, f"{MODE.value}.csv"), "w", newline="") as f:
@@ -297,16 +440,21 @@ def main(argv):
         writer.writerows(report["rows"])
     if MODE.value == "sweep":
         plot(report, os.path.join(OUT_DIR.value, "speedup.png"))
+        plot_acceptance(report, os.path.join(OUT_DIR.value, "acceptance.png"))
         columns = [
             ("batch_size", "batch"),
             ("temperature", "T"),
             ("K", "K"),
+            ("verify", "verify"),
             ("alpha", "alpha"),
             ("tokens_per_round", "tok/round"),
             ("speedup", "speedup"),
             ("predicted_speedup", "predicted"),
             ("efficiency", "efficiency"),
         ]
+        fmt = [{k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in r.items()} for r in report["rows"]]
+    elif MODE.value == "ngram":
+        columns = [(c, c) for c in ("prompts", "temperature", "method", "K", "alpha", "tokens_per_round", "speedup")]
         fmt = [{k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in r.items()} for r in report["rows"]]
     else:
         columns = [(k, k) for k in report["rows"][0]]

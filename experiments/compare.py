@@ -2,6 +2,8 @@
 
     python experiments/compare.py                       # shipped pair, defaults
     python experiments/compare.py --K 3 --temperature 0 --N 128 -v
+    python experiments/compare.py --verify block            # block verification (Sun et al. 2024)
+    python experiments/compare.py --drafter ngram           # prompt lookup, no draft model
     python experiments/compare.py --target_model gpt2-large --draft_model gpt2   # hub ids (needs network)
 
 Prints mean time ± std over --num_runs timed runs (after a warm-up run whose
@@ -37,6 +39,11 @@ TOP_K = flags.DEFINE_integer("top_k", 0, "Top-k filter; 0 = off.", lower_bound=0
 TOP_P = flags.DEFINE_float("top_p", 1.0, "Nucleus mass in (0, 1]; 1 = off.")
 BATCH = flags.DEFINE_integer("batch_size", 1, "Copies of the prompt decoded together.", lower_bound=1)
 SEED = flags.DEFINE_integer("seed", 0, "Base seed; run i uses seed + i.")
+DRAFTER = flags.DEFINE_enum(
+    "drafter", "model", ["model", "ngram"], "model: --draft_model proposes; ngram: prompt lookup, no draft model."
+)
+NGRAM = flags.DEFINE_integer("max_ngram", 3, "Longest suffix prompt lookup matches (--drafter=ngram).", lower_bound=1)
+VERIFY = flags.DEFINE_enum("verify", "tokenwise", ["tokenwise", "block"], "Verification rule.")
 METHOD = flags.DEFINE_enum("method", "both", ["both", "speculative", "autoregressive"], "What to run.")
 DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Parameter/compute dtype.")
 VERBOSE = flags.DEFINE_bool("verbose", False, "Show each speculative token's provenance (colour or markers); -v too.")
@@ -62,7 +69,10 @@ def run() -> dict:
         )
     draft = None
     if METHOD.value in ("both", "speculative"):
-        draft = jaxspec.load_model(DRAFT.value, dtype=dtype)
+        if DRAFTER.value == "model":
+            draft = jaxspec.load_model(DRAFT.value, dtype=dtype)
+        else:
+            draft = jaxspec.NgramDrafter(max_ngram=NGRAM.value)
         methods["speculative"] = lambda seed: jaxspec.speculative_sample(
             target,
             draft,
@@ -70,13 +80,17 @@ def run() -> dict:
             key=jax.random.key(SEED.value + seed),
             max_new_tokens=N.value,
             num_draft_tokens=K.value,
+            verify=VERIFY.value,
             **settings,
         )
     del eos  # generation runs to N tokens so every run does the same work
     timings = harness.time_interleaved(methods, NUM_RUNS.value)
     report = dict(
         target_model=TARGET.value,
-        draft_model=DRAFT.value if draft else None,
+        draft_model=(DRAFT.value if DRAFTER.value == "model" else f"prompt lookup (max_ngram {NGRAM.value})")
+        if draft is not None
+        else None,
+        verify=VERIFY.value,
         prompt=INPUT.value,
         prompt_tokens=len(prompt),
         N=N.value,
@@ -131,7 +145,8 @@ def print_report(report: dict) -> None:
     )
     print(
         f"prompt {report['prompt_tokens']} tokens, N={report['N']}, K={report['K']}, batch {report['batch_size']}, "
-        f"temperature {report['temperature']}, top_k {report['top_k']}, top_p {report['top_p']}"
+        f"temperature {report['temperature']}, top_k {report['top_k']}, top_p {report['top_p']}, "
+        f"{report['verify']} verification"
     )
     rows = []
     for name, e in report["methods"].items():

@@ -79,9 +79,32 @@ def test_compare_end_to_end(tiny_pair, tmp_path):
     assert 0.0 <= spec["acceptance_rate"] <= 1.0 and spec["speedup"] > 0
 
 
+def test_compare_ngram_drafter_with_block_verification(tiny_pair, tmp_path):
+    out = tmp_path / "c.json"
+    proc = _run(
+        "compare.py",
+        f"--target_model={tiny_pair['target']}",
+        "--draft_model=/not/needed/for/ngram",
+        "--input_str=def f(x):\n    return x\ndef f(x):",
+        "--num_runs=1",
+        "--N=8",
+        "--K=2",
+        "--drafter=ngram",
+        "--verify=block",
+        "--method=speculative",
+        f"--output_json={out}",
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["verify"] == "block" and report["draft_model"].startswith("prompt lookup")
+    assert report["methods"]["speculative"]["generated_tokens"] == 8
+
+
 @pytest.mark.parametrize(
     "flag, message",
     [
+        ("--verify=tree", "--verify=tree"),
+        ("--drafter=self", "--drafter=self"),
         ("--K=0", "--K=0: 0 is not a positive integer"),
         ("--top_p=1.5", "--top_p must lie in (0, 1]"),
         ("--temperature=-1", "--temperature=-1: -1.0 is not a non-negative number"),
@@ -124,11 +147,35 @@ def test_benchmark_sweep_end_to_end(tiny_pair, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads((tmp_path / "sweep.json").read_text())
-    assert len(report["rows"]) == 4
+    assert len(report["rows"]) == 8  # K x T x {tokenwise, block}
+    assert {r["verify"] for r in report["rows"]} == {"tokenwise", "block"}
     for row in report["rows"]:
         assert 0 <= row["alpha"] <= 1 and row["predicted_speedup"] > 0 and row["efficiency"] > 0
     assert (tmp_path / "speedup.png").stat().st_size > 1000
+    assert (tmp_path / "acceptance.png").stat().st_size > 1000
     assert (tmp_path / "sweep.csv").exists()
+
+
+def test_benchmark_ngram_end_to_end(tiny_pair, tmp_path):
+    proc = _run(
+        "benchmark.py",
+        "--mode=ngram",
+        f"--target_model={tiny_pair['target']}",
+        f"--draft_model={tiny_pair['draft']}",
+        "--temperatures=0",
+        "--ngram_K=2",
+        "--N=6",
+        "--num_runs=1",
+        "--prompt_tokens=24",
+        f"--out_dir={tmp_path}",
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((tmp_path / "ngram.json").read_text())
+    assert {(r["prompts"], r["method"]) for r in report["rows"]} == {
+        (p, m) for p in ("quote", "code", "shuffled") for m in ("ngram tokenwise", "ngram block", "draft model")
+    }
+    for row in report["rows"]:
+        assert 0 <= row["alpha"] <= 1 and row["speedup"] > 0
 
 
 def test_vs_transformers_end_to_end(tiny_pair, tmp_path):
