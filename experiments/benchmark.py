@@ -69,31 +69,7 @@ SIZE_PAIRS = flags.DEFINE_list(
 )
 OUT_DIR = flags.DEFINE_string("out_dir", "results/benchmark", "Where JSON, CSV and PNG go.")
 
-# Architectures of the Hugging Face checkpoints (config.json fields), for size mode.
-HF_SIZES = {
-    "gpt2": dict(model_type="gpt2", n_embd=768, n_layer=12, n_head=12),
-    "gpt2-medium": dict(model_type="gpt2", n_embd=1024, n_layer=24, n_head=16),
-    "gpt2-large": dict(model_type="gpt2", n_embd=1280, n_layer=36, n_head=20),
-    "gpt2-xl": dict(model_type="gpt2", n_embd=1600, n_layer=48, n_head=25),
-    "opt-125m": dict(
-        model_type="opt",
-        hidden_size=768,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        ffn_dim=3072,
-        word_embed_proj_dim=768,
-        vocab_size=50272,
-    ),
-    "opt-1.3b": dict(
-        model_type="opt",
-        hidden_size=2048,
-        num_hidden_layers=24,
-        num_attention_heads=32,
-        ffn_dim=8192,
-        word_embed_proj_dim=2048,
-        vocab_size=50272,
-    ),
-}
+HF_SIZES = harness.HF_SIZES  # Hugging Face architectures for size mode.
 
 
 def _log(message: str) -> None:

@@ -19,6 +19,33 @@ DEFAULT_TARGET = os.path.join(REPO, "checkpoints", "gpt2-target")
 DEFAULT_DRAFT = os.path.join(REPO, "checkpoints", "gpt2-draft")
 DEFAULT_PROMPT = "import os\nimport sys\n\n\ndef main(argv):\n    "
 
+# Architectures of the Hugging Face checkpoints (config.json fields), for size modes
+# (benchmark.py, quantization.py): random weights, real shapes.
+HF_SIZES = {
+    "gpt2": dict(model_type="gpt2", n_embd=768, n_layer=12, n_head=12),
+    "gpt2-medium": dict(model_type="gpt2", n_embd=1024, n_layer=24, n_head=16),
+    "gpt2-large": dict(model_type="gpt2", n_embd=1280, n_layer=36, n_head=20),
+    "gpt2-xl": dict(model_type="gpt2", n_embd=1600, n_layer=48, n_head=25),
+    "opt-125m": dict(
+        model_type="opt",
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        ffn_dim=3072,
+        word_embed_proj_dim=768,
+        vocab_size=50272,
+    ),
+    "opt-1.3b": dict(
+        model_type="opt",
+        hidden_size=2048,
+        num_hidden_layers=24,
+        num_attention_heads=32,
+        ffn_dim=8192,
+        word_embed_proj_dim=2048,
+        vocab_size=50272,
+    ),
+}
+
 
 def block(tree):
     return jax.block_until_ready(tree)

@@ -5,7 +5,9 @@ Public API:
   ModelDrafter, NgramDrafter: what proposes draft tokens (a model or prompt lookup).
   load_model, save_model, load_tokenizer: Hugging Face checkpoints (GPT-2, OPT).
   Model, KVCache, DecoderConfig: the model pytree, its cache and architecture.
+  quantize_model, dequantize_model, params_bytes: int8 weight-only kernels.
   SamplingConfig: temperature / top-k / top-p settings (validated).
+  shard_model, ModelSharding, default_rules: tensor parallelism over a `jax.sharding.Mesh`.
 """
 
 from jaxspec.generation import (
@@ -18,7 +20,7 @@ from jaxspec.generation import (
     autoregressive_sample,
     speculative_sample,
 )
-from jaxspec.loading import CheckpointError, load_model, load_tokenizer, save_model
+from jaxspec.loading import CheckpointError, load_model, load_tokenizer, params_bytes, save_model
 from jaxspec.models import (
     SUPPORTED_MODEL_TYPES,
     DecoderConfig,
@@ -27,7 +29,9 @@ from jaxspec.models import (
     UnsupportedModelError,
     init_model,
 )
+from jaxspec.models.quantize import QuantizedKernel, dequantize_model, is_quantized, quantize_model
 from jaxspec.sampling import SamplingConfig
+from jaxspec.sharding import ModelSharding, default_rules, shard_model
 
 __version__ = "0.1.0"
 
@@ -41,14 +45,22 @@ __all__ = [
     "KVCache",
     "Model",
     "ModelDrafter",
+    "ModelSharding",
     "NgramDrafter",
+    "QuantizedKernel",
     "SamplingConfig",
     "SpeculativeResult",
     "UnsupportedModelError",
     "autoregressive_sample",
+    "default_rules",
+    "dequantize_model",
     "init_model",
+    "is_quantized",
     "load_model",
     "load_tokenizer",
+    "params_bytes",
+    "quantize_model",
     "save_model",
+    "shard_model",
     "speculative_sample",
 ]

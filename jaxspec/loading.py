@@ -25,6 +25,7 @@ from flax.traverse_util import flatten_dict
 from jaxspec.models import hf_params
 from jaxspec.models.config import DecoderConfig
 from jaxspec.models.model import Model, abstract_params
+from jaxspec.models.quantize import QUANTIZE_MODES, is_quantized, quantize_model
 
 CONFIG_FILE = "config.json"
 SAFETENSORS_FILE = "model.safetensors"
@@ -171,7 +172,17 @@ def _check_state(state: dict[str, Any], expected: dict[str, tuple[int, ...]], wh
             )
 
 
-def load_model(name_or_path: str | os.PathLike, dtype=jnp.float32, *, allow_pickle: bool = False) -> Model:
+def load_model(
+    name_or_path: str | os.PathLike,
+    dtype=jnp.float32,
+    *,
+    allow_pickle: bool = False,
+    quantize: str | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+    rules=None,
+    model_axis: str = "model",
+    data_axis: str | None = None,
+) -> Model:
     """Loads a GPT-2 or OPT checkpoint in Hugging Face format.
 
     Args:
@@ -179,16 +190,28 @@ def load_model(name_or_path: str | os.PathLike, dtype=jnp.float32, *, allow_pick
         downloaded with ``huggingface_hub``.
       dtype: parameter and computation dtype: ``jnp.float32`` or ``jnp.bfloat16``.
       allow_pickle: permit ``pytorch_model.bin`` (pickle; runs code on load).
+      quantize: None, or ``"int8"`` for int8 weight-only matmul kernels with
+        per-output-channel scales (see `jaxspec.quantize_model`); `dtype` stays
+        the compute dtype.
+      mesh: if given, the model comes back tensor-parallel over this mesh
+        (`jaxspec.shard_model`, after any quantization); default one device.
+      rules, model_axis, data_axis: passed to `jaxspec.shard_model` with `mesh`.
 
     Returns:
-      A `Model` with params in `dtype`.
+      A `Model` with params in `dtype` (int8 kernels if `quantize`).
 
     Raises:
       FileNotFoundError: the local folder does not exist.
       CheckpointError: missing ``config.json`` or weights, corrupt or truncated
         files, weights that do not match the config, a refused pickle.
       UnsupportedModelError: a ``model_type`` other than gpt2 or opt.
+      ValueError: `quantize` is not None or ``"int8"``; with `mesh`, a head
+        count or MLP width that the model axis size does not divide.
     """
+    if quantize is not None and quantize not in QUANTIZE_MODES:
+        raise ValueError(
+            f"quantize={quantize!r} is not supported; allowed: None, {', '.join(map(repr, QUANTIZE_MODES))}."
+        )
     folder = _resolve_folder(os.fspath(name_or_path), allow_pickle)
     config = DecoderConfig.from_hf_config(_read_config(folder))
     raw = _read_state(folder, allow_pickle)
@@ -197,7 +220,13 @@ def load_model(name_or_path: str | os.PathLike, dtype=jnp.float32, *, allow_pick
     expected = hf_params.expected_shapes(config, abstract_params(config, dtype))
     _check_state(state, expected, folder)
     params = hf_params.from_hf(state, config, dtype, set(expected))
-    return Model(params=params, config=config, dtype=dtype)
+    model = Model(params=params, config=config, dtype=dtype)
+    model = model if quantize is None else quantize_model(model, mode=quantize)
+    if mesh is None:
+        return model
+    from jaxspec.sharding import shard_model  # jaxspec.sharding imports jaxspec.models, as this module does.
+
+    return shard_model(model, mesh, rules, model_axis=model_axis, data_axis=data_axis)
 
 
 def save_model(model: Model, folder: str | os.PathLike, *, dtype=None, max_shard_bytes: int | None = None) -> None:
@@ -212,6 +241,8 @@ def save_model(model: Model, folder: str | os.PathLike, *, dtype=None, max_shard
       max_shard_bytes: if set, split weights into shards of at most about this
         many bytes, with a ``model.safetensors.index.json``.
     """
+    if is_quantized(model):
+        raise ValueError("save_model writes float checkpoints; call jaxspec.dequantize_model(model) first.")
     folder = os.fspath(folder)
     os.makedirs(folder, exist_ok=True)
     dtype = jnp.dtype(dtype or model.dtype)
@@ -263,5 +294,5 @@ def load_tokenizer(name_or_path: str | os.PathLike):
 
 
 def params_bytes(model: Model) -> int:
-    """Bytes taken by the model's params."""
+    """Bytes taken by the model's params (int8 values and their scales for a quantized model)."""
     return int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(model.params)))

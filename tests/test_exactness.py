@@ -68,7 +68,7 @@ def _counts(tokens: np.ndarray) -> np.ndarray:
 SETTINGS = {
     "t1": dict(temperature=1.0),
     "t0.7_topk3": dict(temperature=0.7, top_k=3),
-    "topp0.8": dict(top_p=0.8),
+    "topp0.7": dict(top_p=0.7),
 }
 
 

@@ -225,3 +225,35 @@ def test_train_pair_smoke(tmp_path):
         assert jaxspec.load_tokenizer(folder)("def f():")["input_ids"]
     summary = json.loads((tmp_path / "training_summary.json").read_text())
     assert set(summary["models"]) == {"gpt2-target", "gpt2-draft", "opt-draft"}
+
+
+def test_quantization_end_to_end(tmp_path, monkeypatch):
+    """experiments/quantization.py on the golden tiny fixtures (no tokenizer: fixed ids)."""
+    monkeypatch.setenv("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")  # tiny models: compile time dominates
+    fixtures = os.path.join(REPO, "tests", "fixtures")
+    proc = _run(
+        "quantization.py",
+        f"--target_model={fixtures}/opt_tiny",
+        f"--draft_model={fixtures}/gpt2_tiny",
+        "--precisions=int8",
+        "--N=8",
+        "--prompt_tokens=6",
+        "--num_runs=1",
+        "--reps=1",
+        f"--out_dir={tmp_path}",
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    report = json.loads((tmp_path / "quantization.json").read_text())
+    rows = {r["precision"]: r for r in report["rows"]}
+    assert set(rows) == {"fp32", "int8"}
+    assert rows["fp32"]["agreement_vs_fp32"] == 1.0 and rows["fp32"]["spec_equals_ar"]
+    assert rows["int8"]["spec_equals_ar"]  # greedy speculative == greedy autoregressive, quantized
+    assert 0.4 < rows["int8"]["target_bytes_vs_fp32"] < 0.6  # tiny models: the float embeddings weigh a lot
+    for row in rows.values():
+        assert row["step_ms"] > 0 and row["verify_ms"] > 0 and row["spec_tok_s"] > 0 and row["ar_tok_s"] > 0
+    assert (tmp_path / "quantization.csv").exists() and "int8" in proc.stdout
+
+
+def test_quantization_rejects_unknown_precision():
+    proc = _run("quantization.py", "--precisions=int4", "--size=gpt2")
+    assert proc.returncode != 0 and "int4" in proc.stderr and "int8" in proc.stderr

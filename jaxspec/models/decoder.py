@@ -18,6 +18,7 @@ import jax.numpy as jnp
 
 from jaxspec.models.cache import KVCache
 from jaxspec.models.config import DecoderConfig
+from jaxspec.models.quantize import QuantizedKernel, quantized_matmul
 
 _ACTIVATIONS = {
     "gelu_tanh": functools.partial(jax.nn.gelu, approximate=True),
@@ -39,6 +40,27 @@ def _write_rows(cache_BxSxHxD: jax.Array, new_BxTxHxD: jax.Array, start_B: jax.A
     return jax.vmap(write_row)(cache_BxSxHxD, new_BxTxHxD.astype(cache_BxSxHxD.dtype), start_B)
 
 
+class Dense(nn.Dense):
+    """`nn.Dense` that also takes an int8 `QuantizedKernel` as its kernel.
+
+    With a float kernel it is `nn.Dense` itself (bit-identical). With a
+    quantized one it computes ``(x @ values) * scale + bias`` in the traced
+    computation, so the int8 -> float convert sits right at the dot.
+    """
+
+    @nn.compact
+    def __call__(self, inputs: jax.Array) -> jax.Array:
+        kernel = self.get_variable("params", "kernel") if self.has_variable("params", "kernel") else None
+        if not isinstance(kernel, QuantizedKernel):
+            return super().__call__(inputs)
+        dtype = self.dtype or inputs.dtype
+        y = quantized_matmul(inputs, kernel, dtype)
+        if self.use_bias:
+            bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+            y += jnp.reshape(bias.astype(dtype), (1,) * (y.ndim - 1) + (-1,))
+        return y
+
+
 class Block(nn.Module):
     """One transformer block; `nn.scan` turns it into the whole stack."""
 
@@ -56,8 +78,8 @@ class Block(nn.Module):
             name=name,
         )
 
-    def _dense(self, features: int, name: str) -> nn.Dense:
-        return nn.Dense(
+    def _dense(self, features: int, name: str) -> Dense:
+        return Dense(
             features,
             use_bias=self.config.use_bias,
             dtype=self.dtype,
@@ -83,10 +105,10 @@ class Block(nn.Module):
 
         residual = h_BxTxD
         x = self._layer_norm("ln_attn")(h_BxTxD) if cfg.pre_layer_norm else h_BxTxD
-        qkv = self._dense(3 * cfg.hidden_size, "qkv")(x)
-        q, k, v = jnp.split(qkv, 3, axis=-1)
-        heads = (batch, length, cfg.num_heads, cfg.head_dim)
-        q_BxTxHxD, k_BxTxHxD, v_BxTxHxD = q.reshape(heads), k.reshape(heads), v.reshape(heads)
+        # The fused kernel is head-major (see `hf_params`): a contiguous shard
+        # of its 3D outputs holds whole heads of q, k and v.
+        qkv_BxTxHx3xD = self._dense(3 * cfg.hidden_size, "qkv")(x).reshape(batch, length, cfg.num_heads, 3, -1)
+        q_BxTxHxD, k_BxTxHxD, v_BxTxHxD = (qkv_BxTxHx3xD[:, :, :, i] for i in range(3))
         k_cache = _write_rows(k_cache, k_BxTxHxD, start_B)
         v_cache = _write_rows(v_cache, v_BxTxHxD, start_B)
 
@@ -154,7 +176,7 @@ class Decoder(nn.Module):
         )
         h = embed(tokens_BxT)
         if cfg.embed_size != cfg.hidden_size:
-            h = nn.Dense(
+            h = Dense(
                 cfg.hidden_size,
                 use_bias=False,
                 dtype=self.dtype,
@@ -196,7 +218,7 @@ class Decoder(nn.Module):
                 name="ln_final",
             )(h)
         if cfg.embed_size != cfg.hidden_size:
-            h = nn.Dense(
+            h = Dense(
                 cfg.embed_size,
                 use_bias=False,
                 dtype=self.dtype,
@@ -207,7 +229,7 @@ class Decoder(nn.Module):
         if cfg.tie_word_embeddings:
             logits = embed.attend(h)
         else:
-            logits = nn.Dense(
+            logits = Dense(
                 cfg.vocab_size,
                 use_bias=False,
                 dtype=self.dtype,

@@ -7,6 +7,13 @@ jaxspec's params are Flax layout (Dense kernels ``[in, out]``) with the
 layers stacked on a leading axis, and OPT's separate q/k/v projections fused
 into one ``qkv`` kernel. Converters use jnp ops so `jax.eval_shape` can run
 them on abstract params (that is how the loader learns the expected shapes).
+
+The fused ``qkv`` kernel [L, D, 3D] (and bias [L, 3D]) is stored head-major,
+its output features ordered (head, q/k/v, head dim) instead of Hugging Face's
+(q/k/v, head, head dim), as Megatron-LM stores it: then any contiguous split
+of the 3D axis into n equal blocks, n dividing the head count, hands each
+block whole heads of q, k and v, which is what tensor parallelism over heads
+needs (`jaxspec.sharding`). The loader and saver convert.
 """
 
 from __future__ import annotations
@@ -98,6 +105,18 @@ def is_ignored(name: str) -> bool:
     return name.endswith(_IGNORED_SUFFIXES)
 
 
+def _qkv_to_head_major(x: Any, num_heads: int) -> Any:
+    """[..., 3D] ordered (q/k/v, head, dim) -> ordered (head, q/k/v, dim)."""
+    lead = x.shape[:-1]
+    return jnp.swapaxes(x.reshape(*lead, 3, num_heads, -1), -3, -2).reshape(*lead, -1)
+
+
+def _qkv_from_head_major(x: Any, num_heads: int) -> Any:
+    """Inverse of `_qkv_to_head_major`."""
+    lead = x.shape[:-1]
+    return jnp.swapaxes(x.reshape(*lead, num_heads, 3, -1), -3, -2).reshape(*lead, -1)
+
+
 def from_hf(state: StateDict, config: DecoderConfig, dtype, needed: set[str]) -> dict[str, Any]:
     """Converts a canonical-named HF state dict to jaxspec params.
 
@@ -132,6 +151,7 @@ def from_hf(state: StateDict, config: DecoderConfig, dtype, needed: set[str]) ->
                 # torch Linear [out, in] -> Dense [in, out], then fuse along out.
                 per_layer.append(jnp.concatenate([w.T if kind == "weight" else w for w in parts], -1))
             blocks.setdefault("qkv", {})["kernel" if kind == "weight" else "bias"] = jnp.stack(per_layer)
+    blocks["qkv"] = {k: _qkv_to_head_major(v, config.num_heads) for k, v in blocks["qkv"].items()}
     params["blocks"] = blocks
     return params
 
@@ -144,7 +164,8 @@ def to_hf(params: dict[str, Any], config: DecoderConfig) -> StateDict:
         if module in params and param in params[module]:
             value = params[module][param]
             state[hf_name] = value.T if transpose else value
-    blocks = params["blocks"]
+    blocks = dict(params["blocks"])
+    blocks["qkv"] = {k: _qkv_from_head_major(v, config.num_heads) for k, v in blocks["qkv"].items()}
     prefix = _layer_prefix(config)
     for suffix, module, param, transpose in layer:
         if module not in blocks or param not in blocks[module]:

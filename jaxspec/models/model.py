@@ -27,11 +27,15 @@ class Model:
       params: the Flax params pytree (layer params stacked on a leading axis).
       config: the static architecture (`DecoderConfig`).
       dtype: parameter/computation dtype (a numpy dtype: float32 or bfloat16).
+      sharding: None (the default: one device), or the static, hashable
+        `jaxspec.sharding.ModelSharding` that `shard_model` sets; caches made
+        by `init_cache` then follow the params' head sharding.
     """
 
     params: Any
     config: DecoderConfig = flax.struct.field(pytree_node=False)
     dtype: Any = flax.struct.field(pytree_node=False, default=np.dtype("float32"))
+    sharding: Any = flax.struct.field(pytree_node=False, default=None)
 
     @property
     def module(self) -> Decoder:
@@ -58,7 +62,7 @@ class Model:
                 "shorten the prompt or generate fewer tokens."
             )
         cfg = self.config
-        return KVCache.create(
+        cache = KVCache.create(
             num_layers=cfg.num_layers,
             batch_size=batch_size,
             max_length=max_length,
@@ -66,6 +70,9 @@ class Model:
             head_dim=cfg.head_dim,
             dtype=self.dtype,
         )
+        # Sharded over heads like the qkv outputs written into it, so the
+        # decode step never moves cache entries between devices.
+        return cache if self.sharding is None else self.sharding.constrain_cache(cache)
 
     def __call__(self, tokens_BxT: jax.Array, cache: KVCache, num_new_B: jax.Array | None = None):
         """Forward pass of T new tokens per row; see `Decoder.__call__`.
