@@ -9,6 +9,12 @@ card, so both jaxspec and transformers load each folder offline.
 
     python experiments/train_pair.py                      # ~80 min on 2 CPU cores
     python experiments/train_pair.py --target_minutes 2 --draft_minutes 1 --out_dir /tmp/pair  # smoke run
+    python experiments/train_pair.py --models gpt2-target --target_minutes 35   # retrain one model
+
+With --models naming a subset, the others are kept as they are in --out_dir: the
+tokenizer is taken from their folders (so ids stay compatible), their reports
+come from training_summary.json, and every model card's table of held-out
+losses is rewritten.
 """
 
 from __future__ import annotations
@@ -39,6 +45,12 @@ DRAFT_SHAPE = flags.DEFINE_list("draft_shape", ["2", "96", "3"], "Draft layers,w
 SEED = flags.DEFINE_integer("seed", 0, "Seed for init and batches.")
 MIN_STEPS = flags.DEFINE_integer("min_steps", 50, "Train at least this many steps, whatever the budget.")
 MAX_FILES = flags.DEFINE_integer("max_files", 0, "Use only this many files (0 = all); for smoke runs.")
+MODEL_NAMES = ("gpt2-target", "gpt2-draft", "opt-draft")
+MODELS = flags.DEFINE_multi_enum(
+    "models", list(MODEL_NAMES), list(MODEL_NAMES), "Models to (re)train; the others are kept from --out_dir."
+)
+TARGET_LR = flags.DEFINE_float("target_lr", 3e-3, "Peak learning rate of the target.", lower_bound=0.0)
+DRAFT_LR = flags.DEFINE_float("draft_lr", 3e-3, "Peak learning rate of the drafts.", lower_bound=0.0)
 
 
 def _log(message: str) -> None:
@@ -81,7 +93,27 @@ def main(argv):
     _log(f"corpus: {len(train_files)} train files, {len(heldout_files)} held-out files")
     train_texts = training.read_texts(train_files)
     tok_dir = os.path.join(out, "_tokenizer")
-    tokenizer = training.train_tokenizer(train_texts, VOCAB.value, tok_dir)
+    selected = [name for name in MODEL_NAMES if name in MODELS.value]
+    kept = [name for name in MODEL_NAMES if name not in selected]
+    summary_path = os.path.join(out, "training_summary.json")
+    previous = {}
+    if kept:
+        missing = [n for n in kept if not os.path.exists(os.path.join(out, n, "tokenizer.json"))]
+        if missing or not os.path.exists(summary_path):
+            raise app.UsageError(
+                f"--models={','.join(selected)} keeps {', '.join(kept)}, but {out} lacks "
+                f"{', '.join(missing) or 'training_summary.json'}; train all models first"
+            )
+        with open(summary_path) as fh:
+            previous = json.load(fh)
+        # The kept models fix the ids: reuse their tokenizer instead of training a new one.
+        os.makedirs(tok_dir, exist_ok=True)
+        for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+            if os.path.exists(os.path.join(out, kept[0], f)):
+                shutil.copy(os.path.join(out, kept[0], f), tok_dir)
+        tokenizer = jaxspec.load_tokenizer(tok_dir)
+    else:
+        tokenizer = training.train_tokenizer(train_texts, VOCAB.value, tok_dir)
     eos = tokenizer.convert_tokens_to_ids(training.EOS)
     train_stream = training.encode(tokenizer, train_texts)
     heldout_stream = training.encode(tokenizer, training.read_texts(heldout_files))
@@ -100,21 +132,23 @@ def main(argv):
         "gpt2-target": (
             training.gpt2_config(len(tokenizer), tl, tw, th, CONTEXT.value, eos),
             TARGET_MINUTES.value,
-            1.5e-3,
+            TARGET_LR.value,
         ),
         "gpt2-draft": (
             training.gpt2_config(len(tokenizer), dl, dw, dh, CONTEXT.value, eos),
             DRAFT_MINUTES.value,
-            3e-3,
+            DRAFT_LR.value,
         ),
         "opt-draft": (
             training.opt_config(len(tokenizer), dl, dw, dh, CONTEXT.value, eos),
             DRAFT_MINUTES.value,
-            3e-3,
+            DRAFT_LR.value,
         ),
     }
     models, reports = {}, {}
     for i, (name, (config, minutes, lr)) in enumerate(specs.items()):
+        if name not in selected:
+            continue
         _log(f"training {name} ({i + 1}/{len(specs)})")
         models[name], reports[name] = training.train(
             config,
@@ -130,14 +164,26 @@ def main(argv):
         )
         _log(f"{name}: held-out loss {reports[name].heldout_loss:.3f} nats/token")
     command = "python " + " ".join(sys.argv)
-    losses = {name: r.heldout_loss for name, r in reports.items()}
-    for name, model in models.items():
+    commands = {name: command for name in selected}
+    configs = {name: models[name].config for name in selected}
+    for name in kept:
+        entry = dict(previous["models"][name])
+        commands[name] = entry.pop("command", previous.get("command", ""))
+        configs[name] = jaxspec.load_model(os.path.join(out, name)).config
+        entry.pop("config", None)
+        reports[name] = training.TrainReport(**entry)
+    losses = {name: reports[name].heldout_loss for name in MODEL_NAMES}
+    for name in MODEL_NAMES:
         folder = os.path.join(out, name)
-        jaxspec.save_model(model, folder, dtype=jnp.float16)
-        for f in os.listdir(tok_dir):
-            shutil.copy(os.path.join(tok_dir, f), folder)
+        if name in selected:
+            jaxspec.save_model(models[name], folder, dtype=jnp.float16)
+            for f in os.listdir(tok_dir):
+                shutil.copy(os.path.join(tok_dir, f), folder)
         with open(os.path.join(folder, "README.md"), "w") as fh:
-            fh.write(_model_card(name, model.config, reports[name], data, command, losses))
+            fh.write(_model_card(name, configs[name], reports[name], data, commands[name], losses))
+        if name not in selected:
+            continue
+        model = models[name]
         # Check the folder round-trips as the stored fp16 weights.
         again = jaxspec.load_model(folder)
         _log(
@@ -145,8 +191,10 @@ def main(argv):
             f"{training.heldout_loss(again, heldout_stream, CONTEXT.value):.3f}"
         )
     shutil.rmtree(tok_dir)
-    summary = {name: dict(vars(r), config=models[name].config.hf_config) for name, r in reports.items()}
-    with open(os.path.join(out, "training_summary.json"), "w") as fh:
+    summary = {
+        name: dict(vars(reports[name]), config=configs[name].hf_config, command=commands[name]) for name in MODEL_NAMES
+    }
+    with open(summary_path, "w") as fh:
         json.dump(dict(data=data, models=summary, command=command), fh, indent=2)
     _log("done")
 

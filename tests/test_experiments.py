@@ -226,6 +226,31 @@ def test_train_pair_smoke(tmp_path):
     summary = json.loads((tmp_path / "training_summary.json").read_text())
     assert set(summary["models"]) == {"gpt2-target", "gpt2-draft", "opt-draft"}
 
+    # Retraining one model keeps the others (weights and tokenizer) and rewrites every card's table.
+    kept = (tmp_path / "opt-draft" / "model.safetensors").read_bytes()
+    tokenizer_before = (tmp_path / "gpt2-draft" / "tokenizer.json").read_text()
+    proc = _run(
+        "train_pair.py",
+        f"--out_dir={tmp_path}",
+        "--max_files=6",
+        "--context=16",
+        "--batch_size=2",
+        "--target_shape=1,16,2",
+        "--target_minutes=0.01",
+        "--min_steps=3",
+        "--target_lr=1e-2",
+        "--models=gpt2-target",
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert (tmp_path / "opt-draft" / "model.safetensors").read_bytes() == kept
+    assert (tmp_path / "gpt2-target" / "tokenizer.json").read_text() == tokenizer_before
+    again = json.loads((tmp_path / "training_summary.json").read_text())
+    assert again["models"]["opt-draft"]["heldout_loss"] == summary["models"]["opt-draft"]["heldout_loss"]
+    assert "--models=gpt2-target" in again["models"]["gpt2-target"]["command"]
+    new_loss = f"{again['models']['gpt2-target']['heldout_loss']:.3f}"
+    assert f"| gpt2-target | {new_loss} |" in (tmp_path / "opt-draft" / "README.md").read_text()
+
 
 def test_quantization_end_to_end(tmp_path, monkeypatch):
     """experiments/quantization.py on the golden tiny fixtures (no tokenizer: fixed ids)."""
