@@ -7,7 +7,7 @@ byte-level BPE trained on the training split. Models: trained with optax
 saved with `jaxspec.save_model` (fp16 storage) plus tokenizer files and a model
 card, so both jaxspec and transformers load each folder offline.
 
-    python experiments/train_pair.py                      # ~80 min on 2 CPU cores
+    python experiments/train_pair.py                      # ~55 min on 2 CPU cores (default budgets: 60 + 2 x 7 min)
     python experiments/train_pair.py --target_minutes 2 --draft_minutes 1 --out_dir /tmp/pair  # smoke run
     python experiments/train_pair.py --models gpt2-target --target_minutes 35   # retrain one model
 
@@ -49,7 +49,7 @@ MODEL_NAMES = ("gpt2-target", "gpt2-draft", "opt-draft")
 MODELS = flags.DEFINE_multi_enum(
     "models", list(MODEL_NAMES), list(MODEL_NAMES), "Models to (re)train; the others are kept from --out_dir."
 )
-TARGET_LR = flags.DEFINE_float("target_lr", 3e-3, "Peak learning rate of the target.", lower_bound=0.0)
+TARGET_LR = flags.DEFINE_float("target_lr", 1.5e-3, "Peak learning rate of the target.", lower_bound=0.0)
 DRAFT_LR = flags.DEFINE_float("draft_lr", 3e-3, "Peak learning rate of the drafts.", lower_bound=0.0)
 
 
