@@ -21,6 +21,14 @@ with the model draft and plain decoding on prompt sets where lookup should
 shine (a snippet quoted back; real code that repeats its identifiers) and one
 where it should not (the same code with its tokens shuffled).
 
+Acceptance mode (--mode=acceptance) answers "does block verification accept
+at least as many drafts per round as token-wise?" with statistical power instead
+of timing: for each K x temperature both rules run once on --acceptance_rows
+rows (held-out prompts, each row its own sample) with the same key, and the row
+means of accepted drafts per round are compared as a paired difference with
+its standard error and z score. The sweep's timing cells use too few tokens for
+that question (their acceptance columns differ by noise of a few percent).
+
 Size mode (--mode=size) times the per-call costs of Hugging Face-sized configs
 with random weights (gpt2 vs gpt2-medium/large/xl, opt-125m vs opt-1.3b).
 Acceptance is meaningless for random weights, so only costs are reported.
@@ -51,7 +59,10 @@ import jaxspec  # noqa: E402
 from jaxspec.models.config import DecoderConfig  # noqa: E402
 from jaxspec.models.model import init_model  # noqa: E402
 
-MODE = flags.DEFINE_enum("mode", "sweep", ["sweep", "ngram", "size"], "What to benchmark.")
+MODE = flags.DEFINE_enum("mode", "sweep", ["sweep", "ngram", "size", "acceptance"], "What to benchmark.")
+ACCEPTANCE_ROWS = flags.DEFINE_integer(
+    "acceptance_rows", 256, "Rows per call in acceptance mode (held-out prompts, repeated).", lower_bound=2
+)
 TARGET = flags.DEFINE_string("target_model", harness.DEFAULT_TARGET, "Target folder or hub id (sweep).")
 DRAFT = flags.DEFINE_string("draft_model", harness.DEFAULT_DRAFT, "Draft folder or hub id (sweep).")
 KS = flags.DEFINE_list("K", ["1", "2", "3", "4", "6", "8"], "Draft lengths to sweep.")
@@ -208,6 +219,11 @@ def sweep():
             for k in ks:
                 for v in VERIFY.value:
                     rows.append(_sweep_row(timings[f"K={k} {v}"], ar_mean, ar_std, costs[b], b, t, k, v))
+            # Each cell compiles 2 * len(K) loops that no later cell reuses. XLA:CPU keeps every
+            # executable's code mapped, and the full sweep once ran out of memory maps (vm.max_map_count)
+            # in its last cell: drop them.
+            del timings, methods
+            jax.clear_caches()
             done += 1
             elapsed = time.perf_counter() - start
             best = max(
@@ -251,6 +267,64 @@ def size_mode():
             entry[f"verify_ratio_K{k}"] = entry[f"verify_K{k}_ms"] / entry["target_step_ms"]
         rows.append(entry)
     return dict(mode="size", rows=rows, device=str(jax.devices()[0]), command="python " + " ".join(sys.argv))
+
+
+def acceptance_mode():
+    target = jaxspec.load_model(TARGET.value)
+    draft = jaxspec.load_model(DRAFT.value)
+    tokenizer = jaxspec.load_tokenizer(TARGET.value)
+    ks = [int(k) for k in KS.value]
+    temps = [float(t) for t in TEMPERATURES.value if float(t) > 0]  # greedy: both rules are identical
+    prompts = heldout_prompts(tokenizer, 64, PROMPT_TOKENS.value)
+    rows_BxT = np.resize(prompts, (ACCEPTANCE_ROWS.value, prompts.shape[1]))
+    rows, done, total, start = [], 0, len(temps) * len(ks), time.perf_counter()
+    for t in temps:
+        for k in ks:
+            per_rule = {}
+            for v in ("tokenwise", "block"):
+                res = jaxspec.speculative_sample(
+                    target,
+                    draft,
+                    rows_BxT,
+                    key=jax.random.key(1000 * k + int(100 * t)),
+                    max_new_tokens=N.value,
+                    num_draft_tokens=k,
+                    temperature=t,
+                    verify=v,
+                )
+                per_rule[v] = np.asarray(res.num_accepted, np.float64) / np.asarray(res.num_rounds, np.float64)
+            diff = per_rule["block"] - per_rule["tokenwise"]
+            se = float(np.std(diff, ddof=1) / np.sqrt(len(diff)))
+            rows.append(
+                dict(
+                    temperature=t,
+                    K=k,
+                    rows=len(diff),
+                    tokenwise_accepted_per_round=float(np.mean(per_rule["tokenwise"])),
+                    block_accepted_per_round=float(np.mean(per_rule["block"])),
+                    difference=float(np.mean(diff)),
+                    difference_se=se,
+                    z=float(np.mean(diff)) / se if se > 0 else 0.0,
+                )
+            )
+            done += 1
+            elapsed = time.perf_counter() - start
+            r = rows[-1]
+            _log(
+                f"[{done}/{total}] T={t} K={k}: token-wise {r['tokenwise_accepted_per_round']:.3f}, block "
+                f"{r['block_accepted_per_round']:.3f} (diff {r['difference']:+.3f} ± {se:.3f}); "
+                f"ETA {elapsed / done * (total - done) / 60:.1f} min"
+            )
+        jax.clear_caches()
+    return dict(
+        mode="acceptance",
+        target=TARGET.value,
+        draft=DRAFT.value,
+        N=N.value,
+        rows=rows,
+        device=str(jax.devices()[0]),
+        command="python " + " ".join(sys.argv),
+    )
 
 
 def _pyplot():
@@ -407,7 +481,8 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
     os.makedirs(OUT_DIR.value, exist_ok=True)
-    report = {"sweep": sweep, "ngram": ngram_mode, "size": size_mode}[MODE.value]()
+    modes = {"sweep": sweep, "ngram": ngram_mode, "size": size_mode, "acceptance": acceptance_mode}
+    report = modes[MODE.value]()
     with open(os.path.join(OUT_DIR.value, f"{MODE.value}.json"), "w") as f:
         json.dump(report, f, indent=2)
     with open(os.path.join(OUT_DIR.value, f"{MODE.value}.csv"), "w", newline="") as f:
@@ -431,6 +506,9 @@ def main(argv):
         fmt = [{k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in r.items()} for r in report["rows"]]
     elif MODE.value == "ngram":
         columns = [(c, c) for c in ("prompts", "temperature", "method", "K", "alpha", "tokens_per_round", "speedup")]
+        fmt = [{k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in r.items()} for r in report["rows"]]
+    elif MODE.value == "acceptance":
+        columns = [(k, k) for k in report["rows"][0]]
         fmt = [{k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in r.items()} for r in report["rows"]]
     else:
         columns = [(k, k) for k in report["rows"][0]]

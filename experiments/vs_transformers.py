@@ -49,6 +49,9 @@ def run() -> dict:
     import torch
     import transformers
 
+    # One line per event: no weight-loading progress bars or deprecation chatter from transformers.
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
     torch.manual_seed(0)
     tokenizer = jaxspec.load_tokenizer(TARGET.value)
     prompt = tokenizer(INPUT.value, add_special_tokens=False)["input_ids"]

@@ -78,6 +78,15 @@ def test_compare_end_to_end(tiny_pair, tmp_path):
     assert spec["generated_tokens"] == 16 and len(spec["times_s"]) == 2
     assert 0.0 <= spec["acceptance_rate"] <= 1.0 and spec["speedup"] > 0
 
+    # report.py renders the README table from exactly this file.
+    (tmp_path / "results" / "compare").mkdir(parents=True)
+    (tmp_path / "results" / "compare" / "compare.json").write_text(out.read_text())
+    proc = _run("report.py", f"--results_dir={tmp_path / 'results'}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "### Comparison (compare.py)" in proc.stdout
+    assert f"| speculative | {1000 * spec['mean_s']:.1f} ± {1000 * spec['std_s']:.1f} ms |" in proc.stdout
+    assert "### Sweep" not in proc.stdout  # absent results are skipped, not invented
+
 
 def test_compare_ngram_drafter_with_block_verification(tiny_pair, tmp_path):
     out = tmp_path / "c.json"
@@ -176,6 +185,36 @@ def test_benchmark_ngram_end_to_end(tiny_pair, tmp_path):
     }
     for row in report["rows"]:
         assert 0 <= row["alpha"] <= 1 and row["speedup"] > 0
+
+
+def test_benchmark_acceptance_end_to_end(tiny_pair, tmp_path):
+    proc = _run(
+        "benchmark.py",
+        "--mode=acceptance",
+        f"--target_model={tiny_pair['target']}",
+        f"--draft_model={tiny_pair['draft']}",
+        "--K=1,3",
+        "--temperatures=0,1",
+        "--N=6",
+        "--prompt_tokens=4",
+        "--acceptance_rows=8",
+        f"--out_dir={tmp_path}",
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads((tmp_path / "acceptance.json").read_text())["rows"]
+    assert [(r["temperature"], r["K"]) for r in rows] == [(1.0, 1), (1.0, 3)]  # greedy skipped: rules coincide
+    assert rows[0]["difference"] == 0.0  # K = 1: the two kernels are identical for the same key
+    assert all(r["rows"] == 8 and r["difference_se"] >= 0 for r in rows)
+
+
+def test_benchmark_size_end_to_end(tmp_path):
+    """Size mode on the smallest real architecture (random weights): costs and ratios are positive."""
+    proc = _run("benchmark.py", "--mode=size", "--size_pairs=gpt2:gpt2", f"--out_dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (row,) = json.loads((tmp_path / "size.json").read_text())["rows"]
+    assert round(row["target_params_M"]) == 124  # GPT-2 small, as on the hub
+    assert row["target_step_ms"] > 0 and row["c"] > 0
+    assert all(row[f"verify_ratio_K{k}"] > 0 for k in (2, 4, 8))
 
 
 def test_vs_transformers_end_to_end(tiny_pair, tmp_path):
