@@ -9,6 +9,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+# Logs are for people: transformers' import-time advisories (e.g. "PyTorch was not found", which
+# is expected: jaxspec only uses its tokenizers) are not events of these scripts.
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
 import jax
 import numpy as np
 
