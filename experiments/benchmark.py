@@ -503,16 +503,12 @@ def main(argv):
             ("predicted_speedup", "predicted"),
             ("efficiency", "efficiency"),
         ]
-        fmt = [{k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in r.items()} for r in report["rows"]]
     elif MODE.value == "ngram":
         columns = [(c, c) for c in ("prompts", "temperature", "method", "K", "alpha", "tokens_per_round", "speedup")]
-        fmt = [{k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in r.items()} for r in report["rows"]]
-    elif MODE.value == "acceptance":
-        columns = [(k, k) for k in report["rows"][0]]
-        fmt = [{k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in r.items()} for r in report["rows"]]
     else:
         columns = [(k, k) for k in report["rows"][0]]
-        fmt = [{k: (f"{v:.2f}" if isinstance(v, float) else v) for k, v in r.items()} for r in report["rows"]]
+    digits = 2 if MODE.value == "size" else 3
+    fmt = [{k: (f"{v:.{digits}f}" if isinstance(v, float) else v) for k, v in r.items()} for r in report["rows"]]
     print(harness.format_table(fmt, columns))
     print(f"wrote {OUT_DIR.value}/{MODE.value}.json/.csv")
 

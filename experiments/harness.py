@@ -40,6 +40,16 @@ HF_SIZES = {
         word_embed_proj_dim=768,
         vocab_size=50272,
     ),
+    "opt-350m": dict(
+        model_type="opt",
+        hidden_size=1024,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        ffn_dim=4096,
+        word_embed_proj_dim=512,
+        do_layer_norm_before=False,
+        vocab_size=50272,
+    ),
     "opt-1.3b": dict(
         model_type="opt",
         hidden_size=2048,

@@ -42,6 +42,9 @@ from absl import app, flags  # noqa: E402
 from jax.sharding import Mesh, NamedSharding, PartitionSpec  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
+
 import jaxspec  # noqa: E402
 from jaxspec.models.cache import KVCache  # noqa: E402
 from jaxspec.models.config import DecoderConfig  # noqa: E402
@@ -49,7 +52,7 @@ from jaxspec.models.model import Model, abstract_params  # noqa: E402
 
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 
-# config.json fields of the Hugging Face checkpoints (as in benchmark.py's size mode), plus tiny ones.
+# The Hugging Face architectures of the other size modes (harness.HF_SIZES), plus tiny ones for tests.
 HF_SIZES = {
     "tiny-gpt2": dict(model_type="gpt2", n_embd=32, n_layer=2, n_head=8, vocab_size=64, n_positions=64),
     "tiny-opt": dict(
@@ -62,37 +65,7 @@ HF_SIZES = {
         vocab_size=64,
         max_position_embeddings=64,
     ),
-    "gpt2": dict(model_type="gpt2", n_embd=768, n_layer=12, n_head=12),
-    "gpt2-medium": dict(model_type="gpt2", n_embd=1024, n_layer=24, n_head=16),
-    "gpt2-large": dict(model_type="gpt2", n_embd=1280, n_layer=36, n_head=20),
-    "opt-125m": dict(
-        model_type="opt",
-        hidden_size=768,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        ffn_dim=3072,
-        word_embed_proj_dim=768,
-        vocab_size=50272,
-    ),
-    "opt-350m": dict(
-        model_type="opt",
-        hidden_size=1024,
-        num_hidden_layers=24,
-        num_attention_heads=16,
-        ffn_dim=4096,
-        word_embed_proj_dim=512,
-        do_layer_norm_before=False,
-        vocab_size=50272,
-    ),
-    "opt-1.3b": dict(
-        model_type="opt",
-        hidden_size=2048,
-        num_hidden_layers=24,
-        num_attention_heads=32,
-        ffn_dim=8192,
-        word_embed_proj_dim=2048,
-        vocab_size=50272,
-    ),
+    **harness.HF_SIZES,
 }
 
 
