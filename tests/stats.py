@@ -52,3 +52,30 @@ def chi_square_power(probs: np.ndarray, alternative: np.ndarray, n: int, alpha: 
     c = (df + 2 * lam) / (df + lam)
     h = (df + lam) ** 2 / (df + 2 * lam)
     return chi2_sf(critical / c, h)
+
+
+def chi_square_pvalue(counts, probs, min_expected=5.0):
+    """Pearson chi-square goodness-of-fit p-value, without scipy.
+
+    Cells with expected count < min_expected are pooled (smallest first) into
+    one cell until it reaches min_expected. A count in a zero-probability cell
+    gives p-value 0. The survival function of chi2(df) is gammaincc(df/2, s/2).
+    """
+    counts = np.asarray(counts, np.float64).ravel()
+    probs = np.asarray(probs, np.float64).ravel()
+    n = counts.sum()
+    if np.any(counts[probs == 0] > 0):
+        return 0.0
+    counts, expected = counts[probs > 0], n * probs[probs > 0] / probs[probs > 0].sum()
+    order = np.argsort(expected)
+    counts, expected = counts[order], expected[order]
+    pooled_o, pooled_e, i = 0.0, 0.0, 0
+    while i < len(expected) and (expected[i] < min_expected or 0 < pooled_e < min_expected):
+        pooled_o, pooled_e, i = pooled_o + counts[i], pooled_e + expected[i], i + 1
+    cells_o = np.concatenate([[pooled_o], counts[i:]]) if pooled_e > 0 else counts[i:]
+    cells_e = np.concatenate([[pooled_e], expected[i:]]) if pooled_e > 0 else expected[i:]
+    df = len(cells_e) - 1
+    if df < 1:
+        raise ValueError("too few samples: every cell was pooled into one")
+    stat = float(np.sum((cells_o - cells_e) ** 2 / cells_e))
+    return float(gammaincc(df / 2.0, stat / 2.0))

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from hypothesis import given, settings
+from stats import chi_square_pvalue
 
 from jaxspec.sampling.kernel import (
     VerifyResult,
@@ -47,33 +48,6 @@ def _raise_on_rank_promotion():
 # ----------------------------------------------------------------------------
 # Statistics helpers (no scipy: the chi2 survival function is gammaincc)
 # ----------------------------------------------------------------------------
-
-
-def _chi_square_pvalue(counts, probs, min_expected=5.0):
-    """Pearson chi-square goodness-of-fit p-value (same helper as test_processing).
-
-    Cells with expected count < min_expected are pooled (smallest first) into
-    one cell until it reaches min_expected. A count in a zero-probability cell
-    gives p-value 0.
-    """
-    counts = np.asarray(counts, np.float64).ravel()
-    probs = np.asarray(probs, np.float64).ravel()
-    n = counts.sum()
-    if np.any(counts[probs == 0] > 0):
-        return 0.0
-    counts, expected = counts[probs > 0], n * probs[probs > 0] / probs[probs > 0].sum()
-    order = np.argsort(expected)
-    counts, expected = counts[order], expected[order]
-    pooled_o, pooled_e, i = 0.0, 0.0, 0
-    while i < len(expected) and (expected[i] < min_expected or 0 < pooled_e < min_expected):
-        pooled_o, pooled_e, i = pooled_o + counts[i], pooled_e + expected[i], i + 1
-    cells_o = np.concatenate([[pooled_o], counts[i:]]) if pooled_e > 0 else counts[i:]
-    cells_e = np.concatenate([[pooled_e], expected[i:]]) if pooled_e > 0 else expected[i:]
-    df = len(cells_e) - 1
-    if df < 1:
-        raise ValueError("too few samples: every cell was pooled into one")
-    stat = float(np.sum((cells_o - cells_e) ** 2 / cells_e))
-    return float(jax.scipy.special.gammaincc(df / 2.0, stat / 2.0))
 
 
 def _z_score(successes, n, rate):
@@ -287,7 +261,7 @@ def test_sampled_first_token_k1_chi_square_and_rate():
     first = _first_emitted(draft, result)
     counts = np.bincount(first, minlength=P1.size)
     assert counts[P1 == 0].sum() == 0
-    assert _chi_square_pvalue(counts, P1) > ALPHA
+    assert chi_square_pvalue(counts, P1) > ALPHA
     accepted = int(jnp.sum(result.num_accepted))
     assert abs(_z_score(accepted, N, np.minimum(P1, Q1).sum())) < Z_CRIT
 
@@ -334,7 +308,7 @@ def test_sampled_first_two_tokens_k3_joint_chi_square():
     counts = np.bincount(first * V_SAMPLED + second, minlength=V_SAMPLED**2)
     expected = np.outer(_pad(P3[0], V_SAMPLED), _pad(P3[1], V_SAMPLED)).ravel()
     assert counts[expected == 0].sum() == 0
-    assert _chi_square_pvalue(counts, expected) > ALPHA
+    assert chi_square_pvalue(counts, expected) > ALPHA
 
 
 def test_sampled_num_accepted_k3_chi_square():
@@ -348,7 +322,7 @@ def test_sampled_num_accepted_k3_chi_square():
     rates = np.minimum(P3[:3], Q3[:3]).sum(-1)
     law = np.array([1 - rates[0], rates[0] * (1 - rates[1]), rates[0] * rates[1] * (1 - rates[2]), rates.prod()])
     counts = np.bincount(np.asarray(result.num_accepted), minlength=4)
-    assert _chi_square_pvalue(counts, law) > ALPHA
+    assert chi_square_pvalue(counts, law) > ALPHA
 
 
 def test_sampled_bonus_token_when_all_accepted():
@@ -362,7 +336,7 @@ def test_sampled_bonus_token_when_all_accepted():
     np.testing.assert_array_equal(result.num_accepted, 2)
     counts = np.bincount(np.asarray(result.next_token), minlength=6)
     assert counts[p[2] == 0].sum() == 0
-    assert _chi_square_pvalue(counts, p[2]) > ALPHA
+    assert chi_square_pvalue(counts, p[2]) > ALPHA
 
 
 def test_block_verification_paper_oracle_tokenwise_mean():
@@ -380,7 +354,7 @@ def test_block_verification_paper_oracle_tokenwise_mean():
     z = (n.mean() - 10 / 9) / math.sqrt(62 / 81 / N)
     assert abs(z) < Z_CRIT
     counts = np.bincount(_first_emitted(draft, result), minlength=V_SAMPLED)
-    assert _chi_square_pvalue(counts, _pad(p, V_SAMPLED)) > ALPHA
+    assert chi_square_pvalue(counts, _pad(p, V_SAMPLED)) > ALPHA
 
 
 # ----------------------------------------------------------------------------
@@ -462,7 +436,7 @@ def test_greedy_draft_needs_one_hot_q_sampled():
         q = jnp.broadcast_to(jnp.asarray(_pad(q_row, V_SAMPLED), jnp.float32), (N, 1, V_SAMPLED))
         result = _verify(jax.random.key(5), draft, q, p)
         counts = np.bincount(_first_emitted(draft, result), minlength=V_SAMPLED)
-        assert (_chi_square_pvalue(counts, p_G) > ALPHA) == should_pass
+        assert (chi_square_pvalue(counts, p_G) > ALPHA) == should_pass
 
 
 def test_sample_match_rule_is_exact_but_accepts_less():
@@ -487,7 +461,7 @@ def test_sample_match_rule_is_exact_but_accepts_less():
     y = np.asarray(y[:, 0])
     match_accepts = int(np.sum(np.asarray(draft[:, 0]) == y))
     assert abs(_z_score(match_accepts, N, sum_pq)) < Z_CRIT
-    assert _chi_square_pvalue(np.bincount(y, minlength=V_SAMPLED), _pad(p, V_SAMPLED)) > ALPHA
+    assert chi_square_pvalue(np.bincount(y, minlength=V_SAMPLED), _pad(p, V_SAMPLED)) > ALPHA
 
 
 # ----------------------------------------------------------------------------

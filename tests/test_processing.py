@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from hypothesis import assume, given, settings
+from stats import chi_square_pvalue
 
 from jaxspec.sampling.processing import (
     SamplingConfig,
@@ -66,33 +67,6 @@ def _reference_logprobs(logits, temperature, top_k, top_p):
                 break
         x = np.where(kept, x, -np.inf)
     return _log_softmax64(x)
-
-
-def _chi_square_pvalue(counts, probs, min_expected=5.0):
-    """Pearson chi-square goodness-of-fit p-value, without scipy.
-
-    Cells with expected count < min_expected are pooled (smallest first) into
-    one cell until it reaches min_expected. A count in a zero-probability cell
-    gives p-value 0. The survival function of chi2(df) is gammaincc(df/2, s/2).
-    """
-    counts = np.asarray(counts, np.float64).ravel()
-    probs = np.asarray(probs, np.float64).ravel()
-    n = counts.sum()
-    if np.any(counts[probs == 0] > 0):
-        return 0.0
-    counts, expected = counts[probs > 0], n * probs[probs > 0] / probs[probs > 0].sum()
-    order = np.argsort(expected)
-    counts, expected = counts[order], expected[order]
-    pooled_o, pooled_e, i = 0.0, 0.0, 0
-    while i < len(expected) and (expected[i] < min_expected or 0 < pooled_e < min_expected):
-        pooled_o, pooled_e, i = pooled_o + counts[i], pooled_e + expected[i], i + 1
-    cells_o = np.concatenate([[pooled_o], counts[i:]]) if pooled_e > 0 else counts[i:]
-    cells_e = np.concatenate([[pooled_e], expected[i:]]) if pooled_e > 0 else expected[i:]
-    df = len(cells_e) - 1
-    if df < 1:
-        raise ValueError("too few samples: every cell was pooled into one")
-    stat = float(np.sum((cells_o - cells_e) ** 2 / cells_e))
-    return float(jax.scipy.special.gammaincc(df / 2.0, stat / 2.0))
 
 
 # ----------------------------------------------------------------------------
@@ -404,7 +378,7 @@ def test_sample_from_probs_chi_square():
     chex.assert_type(tokens, jnp.int32)
     counts = np.bincount(np.asarray(tokens), minlength=_P.size)
     assert counts[_P == 0].sum() == 0
-    assert _chi_square_pvalue(counts, _P) > ALPHA
+    assert chi_square_pvalue(counts, _P) > ALPHA
 
 
 def test_sample_from_unnormalised_probs_chi_square():
@@ -413,7 +387,7 @@ def test_sample_from_unnormalised_probs_chi_square():
     tokens = sample_from_probs(jax.random.key(7), probs)
     counts = np.bincount(np.asarray(tokens), minlength=_P.size)
     assert counts[_P == 0].sum() == 0
-    assert _chi_square_pvalue(counts, _P) > ALPHA
+    assert chi_square_pvalue(counts, _P) > ALPHA
 
 
 def test_sample_never_picks_zero_prob_even_if_exponential_is_zero(monkeypatch):
@@ -434,10 +408,10 @@ def test_sample_batch_shape_and_one_hot():
 def test_chi_square_helper_rejects_a_wrong_distribution():
     # Guards the helper itself: a clear mismatch must give a tiny p-value.
     counts = np.array([30_000, 0, 20_000, 10_000, 0, 40_000, 0])  # token 6 missing
-    assert _chi_square_pvalue(counts, _P) < 1e-10
+    assert chi_square_pvalue(counts, _P) < 1e-10
     # Expected [2, 4, 94, 100]: the two small cells are pooled (df = 2).
-    pooled = _chi_square_pvalue(np.array([3, 3, 94, 100]), np.array([0.01, 0.02, 0.47, 0.5]))
+    pooled = chi_square_pvalue(np.array([3, 3, 94, 100]), np.array([0.01, 0.02, 0.47, 0.5]))
     np.testing.assert_allclose(pooled, 1.0, atol=1e-6)  # observed == expected
     # stat = 2 * 10^2 / 50 = 4 with df = 1: p = P(chi2_1 > 4) = erfc(sqrt(2)).
-    pvalue = _chi_square_pvalue(np.array([60, 40]), np.array([0.5, 0.5]))
+    pvalue = chi_square_pvalue(np.array([60, 40]), np.array([0.5, 0.5]))
     np.testing.assert_allclose(pvalue, math.erfc(math.sqrt(2.0)), rtol=1e-5)
