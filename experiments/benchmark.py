@@ -270,11 +270,13 @@ def size_mode():
 
 
 def acceptance_mode():
+    temps = [float(t) for t in TEMPERATURES.value if float(t) > 0]  # greedy: both rules are identical
+    if not temps:
+        raise app.UsageError("--mode=acceptance needs a --temperatures value > 0 (greedy: the rules coincide)")
     target = jaxspec.load_model(TARGET.value)
     draft = jaxspec.load_model(DRAFT.value)
     tokenizer = jaxspec.load_tokenizer(TARGET.value)
     ks = [int(k) for k in KS.value]
-    temps = [float(t) for t in TEMPERATURES.value if float(t) > 0]  # greedy: both rules are identical
     prompts = heldout_prompts(tokenizer, 64, PROMPT_TOKENS.value)
     rows_BxT = np.resize(prompts, (ACCEPTANCE_ROWS.value, prompts.shape[1]))
     rows, done, total, start = [], 0, len(temps) * len(ks), time.perf_counter()

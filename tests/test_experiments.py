@@ -207,6 +207,13 @@ def test_benchmark_acceptance_end_to_end(tiny_pair, tmp_path):
     assert all(r["rows"] == 8 and r["difference_se"] >= 0 for r in rows)
 
 
+def test_benchmark_acceptance_refuses_greedy_only(tmp_path):
+    proc = _run("benchmark.py", "--mode=acceptance", "--temperatures=0", f"--out_dir={tmp_path}")
+    assert proc.returncode != 0
+    assert "--mode=acceptance needs a --temperatures value > 0" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def test_benchmark_size_end_to_end(tmp_path):
     """Size mode on the smallest real architecture (random weights): costs and ratios are positive."""
     proc = _run("benchmark.py", "--mode=size", "--size_pairs=gpt2:gpt2", f"--out_dir={tmp_path}")
