@@ -2,14 +2,15 @@
 
     python experiments/serve.py                                   # shipped pair on 127.0.0.1:8000
     python experiments/serve.py --port 8080 --K 3 --max_batch 16 --batch_window_ms 10
-    python experiments/serve.py --max_prompt_tokens 64 --token_buckets 64 --warmup_settings 0:0:1
+    python experiments/serve.py --max_prompt_tokens 64 --token_buckets 64
 
     curl -s localhost:8000/v1/completions -H 'Content-Type: application/json' \\
         -d '{"prompt": "def main(argv):", "max_tokens": 32, "temperature": 0}'
 
 Endpoints, limits and batching: see `jaxspec.serving` (engine.py, app.py). Before
-serving it compiles every bucket shape for each --warmup_settings entry, so
-steady traffic with those settings never recompiles (GET /stats: xla_compiles_since_warmup).
+serving it compiles every bucket shape once; sampling settings are per-row runtime
+values, so steady traffic with any temperature / top_k / top_p never recompiles
+(GET /stats: xla_compiles_since_warmup).
 Needs the `serve` extra: pip install -e '.[serve]'.
 """
 
@@ -28,7 +29,6 @@ import harness  # noqa: E402
 
 import jaxspec  # noqa: E402
 from jaxspec import serving  # noqa: E402
-from jaxspec.sampling import SamplingConfig  # noqa: E402
 
 HOST = flags.DEFINE_string("host", "127.0.0.1", "Address to bind; non-loopback needs --allow_remote.")
 PORT = flags.DEFINE_integer("port", 8000, "Port to bind (0 = any free port).", lower_bound=0, upper_bound=65535)
@@ -51,12 +51,12 @@ WINDOW_MS = flags.DEFINE_float("batch_window_ms", 10.0, "How long to collect req
 PROMPT_BUCKETS = flags.DEFINE_list("prompt_buckets", None, "Prompt widths (default 16, 32, ... up to the cap).")
 BATCH_BUCKETS = flags.DEFINE_list("batch_buckets", None, "Batch sizes (default 1, 2, 4, ... up to --max_batch).")
 TOKEN_BUCKETS = flags.DEFINE_list("token_buckets", None, "max_tokens buckets (default 16, 64, ... up to the cap).")
-WARMUP = flags.DEFINE_bool("warmup", True, "Compile every bucket shape for each --warmup_settings before serving.")
+WARMUP = flags.DEFINE_bool("warmup", True, "Compile every bucket shape once before serving.")
 WARMUP_SETTINGS = flags.DEFINE_list(
-    "warmup_settings", ["0:0:1", "1:0:1"], "temperature:top_k:top_p settings to compile at startup."
-)
-MAX_SETTINGS = flags.DEFINE_integer(
-    "max_sampling_settings", 16, "Distinct sampling settings accepted (each compiles its own programs).", lower_bound=1
+    "warmup_settings",
+    None,
+    "Deprecated and ignored: sampling settings are per-row runtime values that never compile, "
+    "so warm-up compiles each bucket shape once whatever the settings. Accepted so old command lines still run.",
 )
 MAX_QUEUE = flags.DEFINE_integer("max_queue", 1024, "Queued requests beyond this get 503.", lower_bound=1)
 MAX_BODY = flags.DEFINE_integer("max_body_bytes", 64 * 1024, "Larger request bodies get 413.", lower_bound=1024)
@@ -69,17 +69,6 @@ def _ints(values, name):
         return tuple(int(v) for v in values)
     except ValueError as err:
         raise app.UsageError(f"--{name} takes comma-separated integers, got {','.join(values)}") from err
-
-
-def _settings(values) -> list[SamplingConfig]:
-    out = []
-    for v in values:
-        try:
-            t, k, p = v.split(":")
-            out.append(SamplingConfig(temperature=float(t), top_k=int(k), top_p=float(p)))
-        except ValueError as err:
-            raise app.UsageError(f"--warmup_settings entries are temperature:top_k:top_p, got {v!r} ({err})") from err
-    return out
 
 
 def is_loopback(host: str) -> bool:
@@ -112,7 +101,9 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
     import uvicorn  # the `serve` extra
 
-    buckets, settings = build_buckets(), _settings(WARMUP_SETTINGS.value)
+    buckets = build_buckets()
+    if WARMUP_SETTINGS.value:
+        print("note: --warmup_settings is ignored; sampling settings no longer compile separately.", flush=True)
     try:
         dtype = jnp.float32 if DTYPE.value == "float32" else jnp.bfloat16
         target = jaxspec.load_model(TARGET.value, dtype=dtype)
@@ -131,7 +122,6 @@ def main(argv):
             buckets=buckets,
             batch_window_s=WINDOW_MS.value / 1000,
             max_queue=MAX_QUEUE.value,
-            max_sampling_settings=MAX_SETTINGS.value,
             seed=SEED.value,
         )
     except (ValueError, FileNotFoundError, jaxspec.CheckpointError) as err:
@@ -139,14 +129,14 @@ def main(argv):
         sys.exit(2)
     print(f"buckets: prompt {buckets.prompt}, batch {buckets.batch}, max_tokens {buckets.tokens}", flush=True)
     if WARMUP.value:
-        count = len(settings) * len(list(buckets.all_shapes()))
+        count = len(list(buckets.all_shapes()))
         print(
-            f"warm-up: compiling {count} programs (settings x batch x prompt x max_tokens buckets); "
-            "narrow them with --warmup_settings / --*_buckets, or skip with --nowarmup",
+            f"warm-up: compiling {count} programs (batch x prompt x max_tokens buckets); "
+            "narrow them with --*_buckets, or skip with --nowarmup",
             flush=True,
         )
         start = time.perf_counter()
-        count = engine.warmup(settings)
+        count = engine.warmup()
         print(f"warm-up: {count} programs compiled in {time.perf_counter() - start:.1f} s", flush=True)
     application = serving.create_app(
         engine,

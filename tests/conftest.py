@@ -32,3 +32,18 @@ def fast_compile():
     jax.config.update("jax_disable_most_optimizations", True)
     yield
     jax.config.update("jax_disable_most_optimizations", False)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Drops every compiled program after each test module.
+
+    XLA:CPU keeps each executable's code mapped for the life of the process; the
+    whole suite in one process compiles thousands of small programs and once ran
+    past the kernel's memory-map limit (vm.max_map_count, 65530 here) and died
+    with a segmentation fault. Modules share few shapes, so little is recompiled.
+    """
+    yield
+    import jax
+
+    jax.clear_caches()

@@ -197,3 +197,38 @@ def test_ngram_drafter_matches_exact_target_law(verify):
     )
     _check(out.tokens, law, _sequence_law(draft, SamplingConfig()), f"ngram {verify}")
     assert 0 < float(np.mean(out.acceptance_rate)) < 1
+
+
+MIXED = [dict(temperature=1.0), dict(temperature=0.7, top_k=3), dict(top_p=0.7), dict(temperature=0.0)]
+MIXED_ROWS = 4 * ROWS
+
+
+@pytest.mark.parametrize("verify", ["block"])  # the settings plumbing is the same for both rules
+def test_mixed_per_row_settings_in_one_batch(verify):
+    """One call, one compiled program, four settings side by side (row i uses MIXED[i % 4]):
+    each group of rows follows its own exact law, greedy rows give the greedy sequence."""
+    target, draft = _pair()
+    settings = {
+        name: np.array([MIXED[i % 4].get(name, default) for i in range(MIXED_ROWS)])
+        for name, default in (("temperature", 1.0), ("top_k", 0), ("top_p", 1.0))
+    }
+    out = speculative_sample(
+        target,
+        draft,
+        np.tile(PROMPT, (MIXED_ROWS, 1)),
+        key=jax.random.key(13),
+        max_new_tokens=NUM_TOKENS,
+        num_draft_tokens=2,
+        verify=verify,
+        **settings,
+    )
+    tokens = np.asarray(out.tokens)
+    for group, kwargs in enumerate(MIXED):
+        rows = tokens[group::4]
+        sampling = SamplingConfig(**kwargs)
+        law = _sequence_law(target, sampling)
+        if sampling.is_greedy:
+            expected = np.unravel_index(np.argmax(law), law.shape)
+            np.testing.assert_array_equal(rows[:, :NUM_TOKENS], np.tile(expected, (len(rows), 1)))
+            continue
+        _check(rows, law, _sequence_law(draft, sampling), f"mixed {kwargs}")

@@ -105,6 +105,11 @@ def test_draft_equal_to_target_accepts_everything(k):
     np.testing.assert_array_equal(np.asarray(out.acceptance_rate), 1.0)
     assert np.all(np.asarray(out.lengths) == 30)
     assert np.all(np.asarray(out.num_rounds) == -(-30 // (k + 1)))
+    # Every round kept all K drafts: no rejection, per-draft alpha and every position at 1.
+    np.testing.assert_array_equal(np.asarray(out.round_histogram)[:, k], np.asarray(out.num_rounds))
+    np.testing.assert_array_equal(np.asarray(out.num_rejections), 0)
+    np.testing.assert_array_equal(np.asarray(out.acceptance_per_draft), 1.0)
+    np.testing.assert_array_equal(np.asarray(out.acceptance_by_position), 1.0)
 
 
 def test_k_larger_than_remaining_and_n_equal_one():
@@ -131,6 +136,16 @@ def test_bookkeeping_is_consistent():
     assert np.all(np.asarray(out.num_drafted) == 3 * rounds)
     assert np.all((prov == ACCEPTED_DRAFT).sum(1) <= np.asarray(out.num_accepted))
     np.testing.assert_allclose(np.asarray(out.tokens_per_round), lengths / rounds, rtol=1e-6)
+    # The round histogram: one entry per round, its mean is the accepted drafts per round.
+    histogram = np.asarray(out.round_histogram)
+    assert histogram.shape == (3, 4)
+    np.testing.assert_array_equal(histogram.sum(1), rounds)
+    np.testing.assert_array_equal(histogram @ np.arange(4), np.asarray(out.num_accepted))
+    np.testing.assert_array_equal(np.asarray(out.num_rejections), rounds - histogram[:, 3])
+    alpha = np.asarray(out.acceptance_per_draft)
+    assert np.all(alpha >= np.asarray(out.acceptance_rate) - 1e-6) and np.all(alpha < 1)
+    by_position = np.asarray(out.acceptance_by_position)
+    np.testing.assert_allclose(by_position[:, 0], 1 - histogram[:, 0] / rounds, rtol=1e-6)
 
 
 def test_prompt_ids_array_with_lengths_equals_ragged_list():

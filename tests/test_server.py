@@ -81,9 +81,8 @@ def server(tmp_path_factory):
         eos_token_id=eos,
         buckets=serving.Buckets(prompt=(PROMPT_CAP,), batch=(8,), tokens=(MAX_TOKENS,)),
         batch_window_s=0.15,
-        max_sampling_settings=1,
     )
-    engine.warmup([serving.GREEDY])
+    engine.warmup()
     # Reference: the target's own greedy decoding, one batched call for all prompts.
     ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
     ref = jaxspec.autoregressive_sample(
@@ -231,6 +230,7 @@ BAD = [
     ({"prompt": "x", "top_p": 0}, "top_p"),
     ({"prompt": "x", "top_p": 1.5}, "top_p"),
     ({"prompt": "x", "temperature": -1}, "temperature"),
+    ({"prompt": "x", "temperature": 1e-40}, "temperature"),  # underflows float32: use 0 for greedy
     ({"prompt": "x", "top_k": -1}, "top_k"),
     ({"prompt": "x", "max_tokens": MAX_TOKENS + 1}, "max_tokens"),
     ({"prompt": "x", "max_tokens": 0}, "max_tokens"),
@@ -260,12 +260,21 @@ def test_bad_requests_get_4xx_json_and_do_not_hurt_a_concurrent_good_one(server)
     assert post(server["base"], "/v1/completions", {"prompt": "x" * 70_000})[0] == 413
 
 
-def test_new_sampling_settings_are_capped_not_compiled(server):
-    # max_sampling_settings=1: only the warmed greedy programs; a new setting is refused, not compiled.
-    before = server["engine"].stats()["xla_compiles"]
-    status, out = post(server["base"], "/v1/completions", {"prompt": "x", "temperature": 0.7, "top_p": 0.9})
-    assert status == 400 and out["error"]["param"] == "temperature" and "temperature=0" in out["error"]["message"]
-    assert server["engine"].stats()["xla_compiles"] == before
+def test_distinct_sampling_settings_share_calls_and_never_compile(server):
+    # Settings are per-row traced values: any mix of them shares the one warmed program.
+    before = server["engine"].stats()
+    bodies = [
+        {"prompt": p, "max_tokens": MAX_TOKENS, "temperature": 0.3 + 0.1 * i, "top_p": 1.0 - 0.05 * i, "top_k": i}
+        for i, p in enumerate(PROMPTS)
+    ]
+    bodies[2] = {"prompt": PROMPTS[2], "max_tokens": MAX_TOKENS, "temperature": 0}  # greedy beside sampled rows
+    results = _burst(server["base"], bodies)
+    assert all(status == 200 for status, _ in results), results
+    assert max(out["timing"]["batch_size"] for _, out in results) > 1
+    assert results[2][1]["choices"][0]["text"] == server["expect"](PROMPTS[2], MAX_TOKENS)[0]
+    after = server["engine"].stats()
+    assert after["xla_compiles"] == before["xla_compiles"]
+    assert after["batches"] - before["batches"] < len(bodies)
 
 
 def test_seeded_requests_run_alone(server):

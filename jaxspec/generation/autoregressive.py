@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from jaxspec.generation import common
 from jaxspec.models.cache import KVCache
 from jaxspec.models.model import Model
-from jaxspec.sampling.processing import SamplingConfig, processed_probs, sample_from_probs
+from jaxspec.sampling.processing import SamplingParams, processed_probs, sample_from_probs, valid_rows
 
 
 @flax.struct.dataclass
@@ -26,12 +26,16 @@ class AutoregressiveResult:
       lengths: int32 [B] generated tokens per row (< N only if EOS came first).
       provenance: int8 [B, N], `FROM_TARGET` for generated slots, 0 after.
       num_target_calls: int32 [B] 1-token target forward passes each row used.
+      nonfinite_logits: bool [B], the row stopped early because the model's
+        logits for its next token had no distribution (NaN, +inf or all -inf:
+        e.g. a broken checkpoint); its tokens up to `lengths` are valid.
     """
 
     tokens: jax.Array
     lengths: jax.Array
     provenance: jax.Array
     num_target_calls: jax.Array
+    nonfinite_logits: jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +43,6 @@ class _Spec:
     """Everything static about one compiled autoregressive loop."""
 
     max_new_tokens: int
-    sampling: SamplingConfig
     eos_token_id: int | None
     pad_token_id: int
     vocab_size: int
@@ -54,7 +57,9 @@ class _State:
 
 
 @functools.partial(jax.jit, static_argnames=("spec",))
-def _generate(model: Model, prompt_ids_BxT, prompt_lengths_B, key, spec: _Spec) -> AutoregressiveResult:
+def _generate(
+    model: Model, prompt_ids_BxT, prompt_lengths_B, key, sampling: SamplingParams, spec: _Spec
+) -> AutoregressiveResult:
     batch, width = prompt_ids_BxT.shape
     cache = common.prefill(
         model, prompt_ids_BxT, prompt_lengths_B, model.init_cache(batch, width + spec.max_new_tokens - 1)
@@ -65,16 +70,18 @@ def _generate(model: Model, prompt_ids_BxT, prompt_lengths_B, key, spec: _Spec) 
     def body(state: _State) -> _State:
         key, sample_key = jax.random.split(state.key)
         logits_Bx1xV, cache = model(common.last_tokens(state.seqs)[:, None], state.cache)
-        probs_BxV = processed_probs(logits_Bx1xV[:, 0, : spec.vocab_size], spec.sampling)
-        token_B = sample_from_probs(sample_key, probs_BxV)
+        logits_BxV = logits_Bx1xV[:, 0, : spec.vocab_size]
+        token_B = sample_from_probs(sample_key, processed_probs(logits_BxV, sampling))
+        valid_B = valid_rows(logits_BxV)
         active_B = ~state.seqs.done
         seqs, _ = common.emit(
             state.seqs,
             token_B[:, None],
-            jnp.ones((batch,), jnp.int32),
+            valid_B.astype(jnp.int32),
             jnp.full((batch, 1), common.FROM_TARGET, jnp.int8),
             max_new_tokens=spec.max_new_tokens,
             eos_token_id=spec.eos_token_id,
+            nonfinite_B=~valid_B,
         )
         # Finished rows keep their cache length, so their writes stay in bounds.
         cache = cache.with_lengths(jnp.where(active_B, cache.lengths, state.cache.lengths))
@@ -87,6 +94,7 @@ def _generate(model: Model, prompt_ids_BxT, prompt_lengths_B, key, spec: _Spec) 
         lengths=state.seqs.num_generated,
         provenance=provenance,
         num_target_calls=state.num_calls,
+        nonfinite_logits=state.seqs.nonfinite,
     )
 
 
@@ -107,7 +115,9 @@ def autoregressive_sample(
     """Samples up to `max_new_tokens` tokens per row, one target call per token.
 
     The whole loop is one jitted `lax.while_loop`; it compiles once per
-    (shapes, max_new_tokens, sampling settings, eos/pad ids).
+    (shapes, max_new_tokens, eos/pad ids). The sampling settings are traced
+    arrays, one per row: any new value, and any mix of greedy and sampled
+    rows, runs on the same compiled program.
 
     Args:
       model: a `Model` (from `load_model`).
@@ -115,31 +125,38 @@ def autoregressive_sample(
         of different lengths.
       key: a PRNG key.
       max_new_tokens: N >= 1.
-      temperature: >= 0; 0 means greedy (argmax).
+      temperature: >= 0; 0 means greedy (argmax). A number, or an array of
+        shape [B] (one per row); so are top_k and top_p.
       top_k: keep the k most likely tokens; 0 = off.
       top_p: nucleus mass in (0, 1]; 1 = off. Processing order is
         temperature -> top-k -> top-p.
       eos_token_id: a row stops after emitting it (the EOS is included).
       prompt_lengths: int [B] real lengths of right-padded `prompt_ids`.
-      pad_token_id: fills `tokens` after each row's end.
+      pad_token_id: fills ragged prompts and `tokens` after each row's end;
+        must be an id of the vocabulary (it is fed to the model).
       vocab_size: sample only ids below this (drops padding rows of an
         embedding table); default the model's vocab size.
 
     Returns:
       An `AutoregressiveResult`.
+
+    Raises:
+      ValueError: before any compute, for N < 1, a bad temperature (< 0, not
+        finite, or below float32's smallest normal 1.18e-38 but not 0), top_k < 0,
+        top_p outside (0, 1], settings arrays of the wrong shape, ids or
+        pad_token_id outside the vocabulary, or a prompt + N beyond the context.
     """
     max_new_tokens = common.check_positive_int("max_new_tokens", max_new_tokens)
-    sampling = common.sampling_config(temperature, top_k, top_p)
     vocab = model.vocab_size if vocab_size is None else common.check_positive_int("vocab_size", vocab_size)
     if vocab > model.vocab_size:
         raise ValueError(f"vocab_size={vocab} exceeds the model's vocab_size={model.vocab_size}.")
     prompts = common.prepare_prompts(prompt_ids, prompt_lengths, vocab, pad_token_id)
+    sampling = common.row_settings(temperature, top_k, top_p, prompts.batch_size)
     common.check_context(model, "model", prompts.max_length + max_new_tokens - 1, "longest prompt + max_new_tokens - 1")
     spec = _Spec(
         max_new_tokens=max_new_tokens,
-        sampling=sampling,
         eos_token_id=common.check_eos(eos_token_id, vocab),
         pad_token_id=int(pad_token_id),
         vocab_size=vocab,
     )
-    return _generate(model, jnp.asarray(prompts.ids), jnp.asarray(prompts.lengths), key, spec)
+    return _generate(model, jnp.asarray(prompts.ids), jnp.asarray(prompts.lengths), key, sampling, spec)

@@ -18,7 +18,7 @@ import numpy as np
 
 from jaxspec.models.cache import KVCache
 from jaxspec.models.model import Model
-from jaxspec.sampling.processing import SamplingConfig
+from jaxspec.sampling.processing import SamplingParams, sampling_params
 
 # Provenance codes of generated tokens (`provenance` arrays, int8).
 NOT_GENERATED = 0  # padding after a row's last token
@@ -60,8 +60,16 @@ def prepare_prompts(prompt_ids: Any, prompt_lengths: Any, vocab_size: int, pad_t
     """Normalises `prompt_ids` (a [B, T] array or a list of ragged id lists).
 
     Raises:
-      ValueError: empty prompts, lengths out of range, ids outside the vocabulary.
+      ValueError: empty prompts, lengths out of range, ids outside the vocabulary,
+        a pad_token_id outside the vocabulary.
     """
+    if isinstance(pad_token_id, bool) or not isinstance(pad_token_id, (int, np.integer)):
+        raise ValueError(f"pad_token_id must be an int, got {pad_token_id!r}.")
+    if not 0 <= pad_token_id < vocab_size:
+        raise ValueError(
+            f"pad_token_id={pad_token_id} is outside the vocabulary 0..{vocab_size - 1}; pass an id the model "
+            "knows (e.g. the EOS id): the padding slots are fed to the model."
+        )
     if isinstance(prompt_ids, Sequence) and prompt_ids and not np.isscalar(prompt_ids[0]):
         rows = [np.asarray(r, np.int64).reshape(-1) for r in prompt_ids]
         if prompt_lengths is None and len({len(r) for r in rows}) > 1:
@@ -125,13 +133,12 @@ def check_eos(eos_token_id: Any, vocab_size: int) -> int | None:
     return int(eos_token_id)
 
 
-def sampling_config(temperature: float, top_k: int, top_p: float) -> SamplingConfig:
-    """Builds (and so validates) a `SamplingConfig`; ints given as floats are accepted."""
-    if isinstance(temperature, (int, np.integer)) and not isinstance(temperature, bool):
-        temperature = float(temperature)
-    if isinstance(top_p, (int, np.integer)) and not isinstance(top_p, bool):
-        top_p = float(top_p)
-    return SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p)
+def row_settings(temperature: Any, top_k: Any, top_p: Any, batch_size: int) -> SamplingParams:
+    """Validated per-row settings (scalars broadcast to every row) as device arrays."""
+    params = sampling_params(temperature, top_k, top_p, batch_size)
+    return SamplingParams(
+        temperature=jnp.asarray(params.temperature), top_k=jnp.asarray(params.top_k), top_p=jnp.asarray(params.top_p)
+    )
 
 
 @flax.struct.dataclass
@@ -144,7 +151,10 @@ class Sequences:
       provenance: int8 [B, S], a provenance code per generated slot.
       lengths: int32 [B], valid tokens per row (prompt + generated).
       num_generated: int32 [B].
-      done: bool [B], row reached max_new_tokens or emitted EOS.
+      done: bool [B], row reached max_new_tokens, emitted EOS, or stopped on
+        logits without a distribution (see `nonfinite`).
+      nonfinite: bool [B], the row stopped because the target's logits at its
+        next position had no distribution (NaN, +inf, or no finite entry).
     """
 
     tokens: jax.Array
@@ -152,6 +162,7 @@ class Sequences:
     lengths: jax.Array
     num_generated: jax.Array
     done: jax.Array
+    nonfinite: jax.Array
 
 
 def init_sequences(prompt_ids_BxT: jax.Array, prompt_lengths_B: jax.Array, buffer_length: int) -> Sequences:
@@ -163,6 +174,7 @@ def init_sequences(prompt_ids_BxT: jax.Array, prompt_lengths_B: jax.Array, buffe
         lengths=prompt_lengths_B,
         num_generated=jnp.zeros((batch,), jnp.int32),
         done=jnp.zeros((batch,), bool),
+        nonfinite=jnp.zeros((batch,), bool),
     )
 
 
@@ -180,11 +192,14 @@ def emit(
     *,
     max_new_tokens: int,
     eos_token_id: int | None,
+    nonfinite_B: jax.Array | None = None,
 ) -> tuple[Sequences, jax.Array]:
     """Appends the first count_B[b] of new_BxE[b] to each active row.
 
     Truncates at max_new_tokens and after the first EOS (inclusive); rows that
-    are already done do not change.
+    are already done do not change. A row with nonfinite_B set needs, after
+    these tokens, a distribution its logits do not give: unless it ended
+    anyway (max_new_tokens, EOS), it is done and flagged `nonfinite`.
 
     Returns:
       (updated sequences, int32 [B] number of tokens actually appended).
@@ -205,6 +220,10 @@ def emit(
     provenance = _write_rows(seqs.provenance, jnp.where(kept_BxE, provenance_BxE, old_prov_BxE), seqs.lengths)
     num_generated = seqs.num_generated + count_B
     done = seqs.done | (num_generated >= max_new_tokens) | hit_eos_B
+    nonfinite = seqs.nonfinite
+    if nonfinite_B is not None:
+        nonfinite = nonfinite | (nonfinite_B & ~done)
+        done = done | nonfinite
     return (
         Sequences(
             tokens=tokens,
@@ -212,6 +231,7 @@ def emit(
             lengths=seqs.lengths + count_B,
             num_generated=num_generated,
             done=done,
+            nonfinite=nonfinite,
         ),
         count_B,
     )

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 from jaxspec.generation import common
 from jaxspec.models.cache import KVCache
 from jaxspec.models.model import Model
-from jaxspec.sampling.processing import SamplingConfig, processed_probs, sample_from_probs
+from jaxspec.sampling.processing import SamplingConfig, SamplingParams, processed_probs, sample_from_probs
 
 __all__ = ["Drafter", "ModelDrafter", "NgramDrafter"]
 
@@ -98,7 +98,10 @@ class ModelDrafter:
 
     Attributes:
       model: the draft `Model` (traced: its params are jit arguments).
-      sampling: how the draft samples (static); q is exactly this processed law.
+      sampling: how the draft samples; q is exactly this processed law. A
+        `SamplingParams` (traced, one setting per row), a `SamplingConfig`
+        (one setting for all rows), or None for the target's settings;
+        `speculative_sample` turns the last two into per-row arrays.
       shared_vocab_size: ids both models sample over, when they differ only by
         padding rows (None: decided by `shared_vocabulary`).
 
@@ -113,7 +116,7 @@ class ModelDrafter:
     """
 
     model: Model
-    sampling: SamplingConfig = flax.struct.field(pytree_node=False, default=SamplingConfig())
+    sampling: SamplingParams | SamplingConfig | None = None
     shared_vocab_size: int | None = flax.struct.field(pytree_node=False, default=None)
     vocab_size: int | None = flax.struct.field(pytree_node=False, default=None)
 

@@ -28,13 +28,14 @@ from typing import Any
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxspec.generation import common
-from jaxspec.generation.drafters import Drafter, ModelDrafter
+from jaxspec.generation.drafters import Drafter, ModelDrafter, shared_vocabulary
 from jaxspec.models.cache import KVCache
 from jaxspec.models.model import Model
 from jaxspec.sampling import kernel
-from jaxspec.sampling.processing import SamplingConfig, processed_probs
+from jaxspec.sampling.processing import SamplingConfig, SamplingParams, processed_probs, valid_rows
 
 VERIFIERS = {"tokenwise": kernel.verify_tokenwise, "block": kernel.verify_block}
 
@@ -53,6 +54,16 @@ class SpeculativeResult:
       num_rounds: int32 [B] target verification calls (rounds) per row.
       num_drafted: int32 [B] draft tokens proposed (K per round).
       num_accepted: int32 [B] draft tokens the rule accepted.
+      round_histogram: int32 [B, K + 1], rounds that kept exactly j drafts
+        (column j); column K counts the rounds that ended with a bonus token,
+        the others ended with a rejection. (A round stopped by
+        `nonfinite_logits` is in neither.) See `acceptance_per_draft` and
+        `acceptance_by_position`.
+      nonfinite_logits: bool [B], the row stopped early because the target's
+        logits at a position it needed had no distribution (NaN, +inf or all
+        -inf: e.g. a broken checkpoint); its tokens up to `lengths` are valid.
+        (A draft whose logits have none proposes from the uniform law instead:
+        q stays truthful, so the output stays exact, only slower.)
     """
 
     tokens: jax.Array
@@ -61,11 +72,35 @@ class SpeculativeResult:
     num_rounds: jax.Array
     num_drafted: jax.Array
     num_accepted: jax.Array
+    round_histogram: jax.Array
+    nonfinite_logits: jax.Array
 
     @property
     def acceptance_rate(self) -> jax.Array:
-        """float32 [B]: accepted / drafted draft tokens."""
+        """float32 [B]: accepted / drafted draft tokens (drafts after a rejection count as not accepted)."""
         return self.num_accepted / jnp.maximum(self.num_drafted, 1)
+
+    @property
+    def num_rejections(self) -> jax.Array:
+        """int32 [B]: rounds that ended with a rejection (kept fewer than K drafts)."""
+        return jnp.sum(self.round_histogram[:, :-1], axis=1)
+
+    @property
+    def acceptance_per_draft(self) -> jax.Array:
+        """float32 [B]: accepted / (accepted + rejections), the per-draft alpha of Leviathan et al.
+
+        Unlike `acceptance_rate` it ignores the drafts never judged because an
+        earlier one was rejected; under token-wise verification it estimates
+        E[min(1, p/q)], the alpha in (1 - alpha^(K+1)) / (1 - alpha).
+        """
+        return self.num_accepted / jnp.maximum(self.num_accepted + self.num_rejections, 1)
+
+    @property
+    def acceptance_by_position(self) -> jax.Array:
+        """float32 [B, K]: for draft position i, the fraction of the rounds that
+        judged it (all earlier drafts kept) in which it was kept too."""
+        kept_at_least = jnp.cumsum(self.round_histogram[:, ::-1], axis=1)[:, ::-1]  # [B, K+1]: rounds with n >= j
+        return kept_at_least[:, 1:] / jnp.maximum(kept_at_least[:, :-1], 1)
 
     @property
     def tokens_per_round(self) -> jax.Array:
@@ -79,7 +114,6 @@ class _Spec:
 
     max_new_tokens: int
     num_draft_tokens: int
-    target_sampling: SamplingConfig
     verify: str
     eos_token_id: int | None
     pad_token_id: int
@@ -95,10 +129,13 @@ class _State:
     num_rounds: jax.Array
     num_drafted: jax.Array
     num_accepted: jax.Array
+    round_histogram: jax.Array
 
 
 @functools.partial(jax.jit, static_argnames=("spec",))
-def _generate(target: Model, drafter: Drafter, prompt_ids_BxT, prompt_lengths_B, key, spec: _Spec):
+def _generate(
+    target: Model, drafter: Drafter, prompt_ids_BxT, prompt_lengths_B, key, target_sampling: SamplingParams, spec: _Spec
+):
     batch, width = prompt_ids_BxT.shape
     k = spec.num_draft_tokens
     cache_length = width + spec.max_new_tokens + k - 1
@@ -113,6 +150,7 @@ def _generate(target: Model, drafter: Drafter, prompt_ids_BxT, prompt_lengths_B,
         num_rounds=zeros_B,
         num_drafted=zeros_B,
         num_accepted=zeros_B,
+        round_histogram=jnp.zeros((batch, k + 1), jnp.int32),
     )
     slot_E = jnp.arange(k + 1, dtype=jnp.int32)
 
@@ -124,9 +162,16 @@ def _generate(target: Model, drafter: Drafter, prompt_ids_BxT, prompt_lengths_B,
 
         chunk_BxK1 = jnp.concatenate([common.last_tokens(seqs)[:, None], drafts_BxK], axis=1)
         logits_BxK1xV, target_cache = target(chunk_BxK1, state.target_cache)
-        p_BxK1xV = processed_probs(logits_BxK1xV[..., : spec.vocab_size], spec.target_sampling)
+        logits_BxK1xV = logits_BxK1xV[..., : spec.vocab_size]
+        p_BxK1xV = processed_probs(logits_BxK1xV, target_sampling)
         verdict = VERIFIERS[spec.verify](verify_key, drafts_BxK, q_BxKxV, p_BxK1xV)
         n_B = verdict.num_accepted
+        # The round used p_0..p_n. If one of them had no distribution (see
+        # valid_rows), keep only the drafts accepted before it and stop the row.
+        invalid_BxK1 = ~valid_rows(logits_BxK1xV)
+        first_invalid_B = jnp.where(jnp.any(invalid_BxK1, axis=1), jnp.argmax(invalid_BxK1, axis=1), k + 1)
+        nonfinite_B = first_invalid_B <= n_B
+        n_B = jnp.where(nonfinite_B, first_invalid_B, n_B)
 
         # Emitted block: d_1..d_n then the resample/bonus token at slot n.
         at_n_BxE = slot_E[None, :] == n_B[:, None]
@@ -136,10 +181,11 @@ def _generate(target: Model, drafter: Drafter, prompt_ids_BxT, prompt_lengths_B,
         new_seqs, count_B = common.emit(
             seqs,
             block_BxE,
-            n_B + 1,
+            jnp.where(nonfinite_B, n_B, n_B + 1),
             provenance_BxE,
             max_new_tokens=spec.max_new_tokens,
             eos_token_id=spec.eos_token_id,
+            nonfinite_B=nonfinite_B,
         )
 
         # Roll back by length. Target: all but the new last token.
@@ -152,6 +198,9 @@ def _generate(target: Model, drafter: Drafter, prompt_ids_BxT, prompt_lengths_B,
             num_rounds=state.num_rounds + active_B,
             num_drafted=state.num_drafted + active_B * k,
             num_accepted=state.num_accepted + jnp.where(active_B, n_B, 0),
+            # A round stopped by invalid target logits ended with neither a rejection nor a bonus: not counted.
+            round_histogram=state.round_histogram
+            + (active_B[:, None] & ~nonfinite_B[:, None] & at_n_BxE).astype(jnp.int32),
         )
 
     state = jax.lax.while_loop(lambda s: ~jnp.all(s.seqs.done), round_, state)
@@ -163,6 +212,8 @@ def _generate(target: Model, drafter: Drafter, prompt_ids_BxT, prompt_lengths_B,
         num_rounds=state.num_rounds,
         num_drafted=state.num_drafted,
         num_accepted=state.num_accepted,
+        round_histogram=state.round_histogram,
+        nonfinite_logits=state.seqs.nonfinite,
     )
 
 
@@ -204,16 +255,20 @@ def speculative_sample(
       key: a PRNG key.
       max_new_tokens: N >= 1 tokens to generate per row.
       num_draft_tokens: K >= 1 draft tokens per round.
-      temperature, top_k, top_p: target sampling settings (temperature 0 = greedy).
+      temperature, top_k, top_p: target sampling settings (temperature 0 =
+        greedy), each a number or an array of shape [B] (one per row). They
+        are traced: any new value, and any mix of greedy and sampled rows,
+        runs on the same compiled program.
       eos_token_id: a row stops after emitting it (nothing after EOS is emitted).
       prompt_lengths: int [B] real lengths of right-padded `prompt_ids`.
-      pad_token_id: fills `tokens` after each row's end.
+      pad_token_id: fills ragged prompts and `tokens` after each row's end;
+        must be an id of the vocabulary (it is fed to the models).
       verify: "tokenwise" (Leviathan et al.: accept each draft with
         min(1, p/q), stop at the first rejection) or "block" (Sun et al. 2024:
         decides the K drafts jointly; never fewer accepted tokens in
         expectation, equally exact, same cost).
       draft_temperature, draft_top_k, draft_top_p: optional settings of a draft
-        `Model` (default: the target's).
+        `Model` (default: the target's), numbers or [B] arrays.
       shared_vocab_size: ids both models sample over, when their vocab sizes
         differ only by padding rows.
 
@@ -221,20 +276,43 @@ def speculative_sample(
       A `SpeculativeResult` (tokens, lengths, provenance and per-row counts).
 
     Raises:
-      ValueError: before any compute, for K < 1, N < 1, temperature < 0, top_k < 0,
-        top_p outside (0, 1], an unknown `verify`, a vocabulary mismatch,
-        out-of-vocabulary prompt ids, or prompt + N + K - 1 beyond either
-        model's context.
+      ValueError: before any compute, for K < 1, N < 1, a bad temperature (< 0,
+        not finite, or below float32's smallest normal 1.18e-38 but not 0),
+        top_k < 0, top_p outside (0, 1], settings arrays of the wrong shape, an
+        unknown `verify`, a vocabulary mismatch, prompt ids or pad_token_id
+        outside the vocabulary, or prompt + N + K - 1 beyond either model's
+        context.
     """
     k = common.check_positive_int("num_draft_tokens", num_draft_tokens)
     n = common.check_positive_int("max_new_tokens", max_new_tokens)
     if verify not in VERIFIERS:
         raise ValueError(f"verify={verify!r} is not a verification rule; use one of {sorted(VERIFIERS)}.")
-    target_sampling = common.sampling_config(temperature, top_k, top_p)
-    drafter = _as_drafter(draft, target_sampling, draft_temperature, draft_top_k, draft_top_p, shared_vocab_size)
-    vocab = drafter.vocab_size_for(target)
-    drafter = drafter.replace(vocab_size=vocab)
+    if isinstance(draft, Model):
+        vocab = shared_vocabulary(target, draft, shared_vocab_size)
+    else:
+        _check_drafter(draft, draft_temperature, draft_top_k, draft_top_p, shared_vocab_size)
+        vocab = draft.vocab_size_for(target)
     prompts = common.prepare_prompts(prompt_ids, prompt_lengths, vocab, pad_token_id)
+    batch = prompts.batch_size
+    target_sampling = common.row_settings(temperature, top_k, top_p, batch)
+    if isinstance(draft, Model):
+        draft_sampling = common.row_settings(
+            temperature if draft_temperature is None else draft_temperature,
+            top_k if draft_top_k is None else draft_top_k,
+            top_p if draft_top_p is None else draft_top_p,
+            batch,
+        )
+        drafter = ModelDrafter(model=draft, sampling=draft_sampling, shared_vocab_size=shared_vocab_size)
+    else:
+        drafter = draft
+        if isinstance(drafter, ModelDrafter):
+            sampling = target_sampling if drafter.sampling is None else drafter.sampling
+            if isinstance(sampling, (SamplingConfig, SamplingParams)):  # validated like the call's own settings
+                sampling = common.row_settings(
+                    *(np.asarray(getattr(sampling, f)) for f in ("temperature", "top_k", "top_p")), batch
+                )
+            drafter = drafter.replace(sampling=sampling)
+    drafter = drafter.replace(vocab_size=vocab)
     needed = prompts.max_length + n + k - 1
     detail = "longest prompt + max_new_tokens + num_draft_tokens - 1"
     common.check_context(target, "target", needed, detail)
@@ -242,24 +320,18 @@ def speculative_sample(
     spec = _Spec(
         max_new_tokens=n,
         num_draft_tokens=k,
-        target_sampling=target_sampling,
         verify=verify,
         eos_token_id=common.check_eos(eos_token_id, vocab),
         pad_token_id=int(pad_token_id),
         vocab_size=vocab,
     )
-    return _generate(target, drafter, jnp.asarray(prompts.ids), jnp.asarray(prompts.lengths), key, spec)
+    return _generate(
+        target, drafter, jnp.asarray(prompts.ids), jnp.asarray(prompts.lengths), key, target_sampling, spec
+    )
 
 
-def _as_drafter(draft, target_sampling, draft_temperature, draft_top_k, draft_top_p, shared_vocab_size) -> Drafter:
-    """A `Model` becomes a `ModelDrafter` with the draft settings; a drafter passes through."""
-    if isinstance(draft, Model):
-        sampling = common.sampling_config(
-            target_sampling.temperature if draft_temperature is None else draft_temperature,
-            target_sampling.top_k if draft_top_k is None else draft_top_k,
-            target_sampling.top_p if draft_top_p is None else draft_top_p,
-        )
-        return ModelDrafter(model=draft, sampling=sampling, shared_vocab_size=shared_vocab_size)
+def _check_drafter(draft, draft_temperature, draft_top_k, draft_top_p, shared_vocab_size) -> None:
+    """A drafter given as such must implement the interface and takes no draft settings here."""
     if not all(hasattr(draft, f) for f in ("init", "propose", "commit", "vocab_size_for", "replace")):
         raise TypeError(
             f"draft must be a jaxspec Model or a Drafter (e.g. NgramDrafter()), got {type(draft).__name__}."
@@ -271,4 +343,3 @@ def _as_drafter(draft, target_sampling, draft_temperature, draft_top_k, draft_to
             f"{', '.join(given) or 'shared_vocab_size'} only applies when draft is a Model; "
             f"configure the {type(draft).__name__} itself instead."
         )
-    return draft

@@ -119,7 +119,13 @@ class Block(nn.Module):
         )
         scores_BxHxTxS = jnp.where(mask_Bx1xTxS, scores_BxHxTxS, jnp.finfo(jnp.float32).min)
         probs_BxHxTxS = jax.nn.softmax(scores_BxHxTxS, axis=-1).astype(self.dtype)
-        attn_BxTxHxD = jnp.einsum("bhts,bshd->bthd", probs_BxHxTxS, v_cache)
+        # A masked slot gets probability 0, but 0 * NaN = NaN: a non-finite value
+        # in a slot a query must not see (padding of a ragged batch, a stale
+        # slot, a later token of this chunk) would still reach it. Such values
+        # are zeroed; a non-finite entry a query does see still propagates,
+        # through its key (a NaN score makes the row's softmax NaN).
+        values_BxSxHxD = jnp.where(jnp.isfinite(v_cache), v_cache, 0)
+        attn_BxTxHxD = jnp.einsum("bhts,bshd->bthd", probs_BxHxTxS, values_BxSxHxD)
         attn = self._dense(cfg.hidden_size, "attn_out")(attn_BxTxHxD.reshape(batch, length, -1))
         h = residual + attn
         if not cfg.pre_layer_norm:

@@ -42,6 +42,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jaxspec.sampling import draws
 from jaxspec.sampling.processing import sample_from_probs
 
 __all__ = [
@@ -75,9 +76,9 @@ def _probs_at(probs: jax.Array, tokens: jax.Array) -> jax.Array:
 def acceptance_probability(p: jax.Array, q: jax.Array, x: jax.Array) -> jax.Array:
     """Probability that the kernel accepts draft token x: min(1, p(x) / q(x)).
 
-    This is the exact probability of the kernel's event u * q(x) < p(x) with
-    u ~ U[0, 1). For q(x) == 0 (a token the draft cannot have drawn) that event
-    is p(x) > 0, so the value is 1 if p(x) > 0 else 0.
+    This is the probability the kernel's Bernoulli test is given (see
+    `draws.bernoulli`, exact to float32 rounding of the ratio). For q(x) == 0
+    (a token the draft cannot have drawn) the value is 1 if p(x) > 0 else 0.
 
     Args:
       p: float [..., V] target probabilities.
@@ -92,6 +93,11 @@ def acceptance_probability(p: jax.Array, q: jax.Array, x: jax.Array) -> jax.Arra
     # Guard the division so the unused branch never produces inf / NaN.
     ratio = px / jnp.where(qx > 0, qx, 1.0)
     return jnp.where(qx > 0, jnp.minimum(1.0, ratio), (px > 0).astype(jnp.float32))
+
+
+def _ratio(p_x: jax.Array, q_x: jax.Array) -> jax.Array:
+    """p / q, with q == 0 mapped to 1 (p > 0) or 0 (p == 0): the acceptance probability before clipping."""
+    return jnp.where(q_x > 0, p_x / jnp.where(q_x > 0, q_x, 1.0), (p_x > 0).astype(jnp.float32))
 
 
 def residual_distribution(p: jax.Array, q: jax.Array) -> jax.Array:
@@ -163,13 +169,12 @@ def verify_tokenwise(
     draft_tokens = draft_tokens.astype(jnp.int32)
     key_accept, key_next = jax.random.split(key)
 
-    # Accept x_i iff u_i * q_i(x_i) < p_i(x_i): probability min(1, p/q) with no
-    # division, and a q_i(x_i) == 0 token is accepted iff p_i(x_i) > 0.
+    # Accept x_i with probability min(1, p_i(x_i) / q_i(x_i)); a q_i(x_i) == 0
+    # token is accepted iff p_i(x_i) > 0. The test resolves ratios far below
+    # float32's uniform grid (`draws.bernoulli`): a ratio of 1e-9 is not 0.
     p_x_BxK = _probs_at(target_probs[:, :k], draft_tokens)
     q_x_BxK = _probs_at(draft_probs, draft_tokens)
-    # Flat draw + reshape: same values, faster compile (see sample_from_probs).
-    u_BxK = jax.random.uniform(key_accept, (b * k,), jnp.float32).reshape(b, k)
-    accept_BxK = u_BxK * q_x_BxK < p_x_BxK
+    accept_BxK = draws.bernoulli(key_accept, _ratio(p_x_BxK, q_x_BxK))
     # Leading accepts: the cumulative product is 1 up to the first rejection.
     num_accepted_B = jnp.sum(jnp.cumprod(accept_BxK.astype(jnp.int32), axis=1), axis=1)
 
@@ -253,10 +258,10 @@ def verify_block(
     (the paper's gamma is K, its weights p_i are w_i here, and its
     M_b(. | c, X^i) is target_probs[:, i]). The uniforms and the final draw use
     the key exactly as `verify_tokenwise` does, and the test at n = K is written
-    as there, eta_K q_{K-1}(x_{K-1}) < w_{K-1} p_{K-1}(x_{K-1}) (probability
-    min(1, w_{K-1} p / q) = w_K), so for K = 1 the two kernels return identical
-    arrays. Tests are strict (eta_n < h_n) so that h_n = 0 never fires, even for
-    the uniform 0.0 that float32 sampling can return.
+    as there, a Bernoulli of min(1, w_{K-1} p_{K-1}(x_{K-1}) / q_{K-1}(x_{K-1}))
+    = w_K, so for K = 1 the two kernels return identical arrays. The stop
+    tests are `draws.bernoulli` (h_n = 0 never fires, h_n = 1 always does, and
+    small h_n are resolved far below float32's uniform grid).
 
     Args:
       key: a PRNG key, consumed here.
@@ -284,13 +289,14 @@ def verify_block(
     w_BxK, h_BxK = _block_weights(draft_tokens, draft_probs, target_probs)
     # w_{n} for n = 0..K, with w_0 = 1 exactly (so 1.0 * p below is p, bit for bit).
     w_BxK1 = jnp.concatenate([jnp.ones((b, 1), jnp.float32), w_BxK], axis=1)
-    # Flat draw + reshape, as in verify_tokenwise: the same uniforms for the same key.
-    eta_BxK = jax.random.uniform(key_stop, (b * k,), jnp.float32).reshape(b, k)
     p_last_B = _probs_at(target_probs[:, k - 1], draft_tokens[:, k - 1])
     q_last_B = _probs_at(draft_probs[:, k - 1], draft_tokens[:, k - 1])
-    stop_last_B = eta_BxK[:, k - 1] * q_last_B < w_BxK1[:, k - 1] * p_last_B
-    stop_BxK = jnp.concatenate([eta_BxK[:, :-1] < h_BxK[:, :-1], stop_last_B[:, None]], axis=1)
-    # n = the largest index whose test fired: no early exit, every eta is used.
+    # The test at n = K has probability min(1, w_{K-1} p / q) = w_K, written
+    # as token-wise's min(1, p / q) test (w_0 = 1 exactly) so that K = 1 matches it.
+    last_ratio_B = _ratio(w_BxK1[:, k - 1] * p_last_B, q_last_B)
+    stop_prob_BxK = jnp.concatenate([h_BxK[:, :-1], last_ratio_B[:, None]], axis=1)
+    stop_BxK = draws.bernoulli(key_stop, stop_prob_BxK)
+    # n = the largest index whose test fired: no early exit, every test is drawn.
     index_BxK = jax.lax.broadcasted_iota(jnp.int32, (b, k), 1) + 1
     num_accepted_B = jnp.max(jnp.where(stop_BxK, index_BxK, 0), axis=1)
 

@@ -7,6 +7,9 @@ Endpoints:
                            top_p, top_k, n, seed, stream, model (ignored). Unknown fields are refused.
   GET  /health, GET /stats
 
+finish_reason is "stop" (EOS), "length" (max_tokens) or "error" (generation stopped early because
+the model's logits were not finite, e.g. a broken checkpoint; the text before that point is returned).
+
 Every bad request gets a 4xx JSON body {"error": {"message", "type", "param", "code"}} before
 anything is queued, so it cannot affect other requests; a failure inside a batch gives 500
 to that batch's requests only; a full queue 503; a request not served in time 504.

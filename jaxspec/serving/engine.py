@@ -2,21 +2,29 @@
 
 One background thread owns the accelerator. It takes the first queued request,
 keeps collecting for `batch_window_s` (or until `max_batch` rows), groups what
-it has by everything static to the compiled loop -- the sampling settings and
-the max_tokens bucket -- and runs one `speculative_sample` per group:
+it has by what is static to the compiled loop -- only the max_tokens bucket
+(and a request with a `seed` always runs alone) -- and runs one
+`speculative_sample` per group:
 
 - prompts are right-padded to the smallest prompt-length bucket that fits the
   longest one, and each row keeps its own `prompt_lengths` entry;
-- the batch is padded to a batch bucket with copies of its first row (a copy
-  ends when that row ends, so padding never prolongs the loop);
+- sampling settings are per row: each row passes its request's temperature,
+  top_k and top_p as entries of [batch] arrays, which the compiled loop traces,
+  so greedy and sampled requests with any settings share one call and a new
+  setting never compiles anything;
+- the batch is padded to a batch bucket with copies of its first row (prompt
+  and settings; a copy ends when that row ends, so padding never prolongs the
+  loop);
 - every row runs to the max_tokens *bucket* and is cut back to its request's
   `max_tokens` afterwards (a prefix of a longer run is distributed exactly as a
   shorter run); its speculative counts are recounted on the kept tokens.
 
-So the compiled programs are bounded by buckets x sampling settings, all known
-up front; `warmup` compiles them before traffic arrives and `stats()` reports
-every XLA compilation seen since the engine started. Nothing here knows about
-HTTP or text: requests are token ids (see `jaxspec.serving.app` for the API).
+So the compiled programs are bounded by the buckets alone, all known up front;
+`warmup` compiles them before traffic arrives and `stats()` reports every XLA
+compilation seen since the engine started. Every request is validated
+completely in `submit` before it is queued, so a bad request is refused on its
+own and never reaches (or fails) a batch. Nothing here knows about HTTP or
+text: requests are token ids (see `jaxspec.serving.app` for the API).
 """
 
 from __future__ import annotations
@@ -40,6 +48,11 @@ from jaxspec.sampling.processing import SamplingConfig
 
 GREEDY = SamplingConfig(temperature=0.0, top_k=0, top_p=1.0)
 MAX_SEED = 2**31 - 1
+INT32_MAX = 2**31 - 1
+# Settings travel to the device as float32: a positive value below the smallest
+# normal float32 (1.1754944e-38) underflows there, one above its max overflows.
+FLOAT32_TINY = float(np.finfo(np.float32).tiny)
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 # Process-wide count of XLA backend compilations (jax.monitoring has no
 # per-function hook; the worker is the only caller that compiles in a server).
@@ -143,7 +156,10 @@ class Choice:
 
     Attributes:
       token_ids: generated ids, without the EOS token.
-      finish_reason: "stop" (EOS) or "length" (max_tokens reached).
+      finish_reason: "stop" (EOS), "length" (max_tokens reached) or "error"
+        (the row stopped before max_tokens because the target's logits had no
+        distribution there, e.g. NaN; the tokens before that point are valid.
+        Reported where `speculative_sample` has `nonfinite_logits`).
       generated: tokens generated (EOS included).
       target_calls: verification rounds that produced a kept token.
       drafted: num_draft_tokens x target_calls.
@@ -196,7 +212,13 @@ class Engine:
     """Batches generation requests onto one `speculative_sample` call per group.
 
     Thread-safe: `submit` may be called from any thread (an asyncio server's
-    event loop included: it validates and enqueues, never blocks on compute).
+    event loop included: it validates and enqueues, never blocks on compute),
+    also while another thread calls `close`: every submitted request is either
+    refused at `submit` (`Overloaded`) or answered through its future.
+
+    Sampling settings: each row carries its own (temperature, top_k, top_p) into
+    the call as traced per-row arrays, so requests with different settings
+    share calls and no setting is ever compiled for.
 
     Reproducibility: `speculative_sample` takes one PRNG key per call, and a
     row's random stream depends on the call's shapes and its position in the
@@ -222,7 +244,6 @@ class Engine:
         buckets: Buckets | None = None,
         batch_window_s: float = 0.01,
         max_queue: int = 1024,
-        max_sampling_settings: int = 16,
         seed: int = 0,
     ):
         """Builds the engine (the worker starts with `start`).
@@ -234,9 +255,6 @@ class Engine:
           buckets: explicit buckets (their last entries then are the caps).
           batch_window_s: how long the worker collects after the first request arrives.
           max_queue: queued requests beyond this are refused with `Overloaded`.
-          max_sampling_settings: distinct (temperature, top_k, top_p) settings
-            accepted over the engine's life; each compiles its own programs, so
-            an unbounded number would let clients force endless compilation.
           seed: seeds the keys of unseeded calls.
 
         Raises:
@@ -260,18 +278,22 @@ class Engine:
                     f"max_prompt_tokens {self.max_prompt_tokens} + max_tokens {self.max_tokens} + K - 1 = {needed} "
                     f"positions exceed the {role}'s context of {limit}; lower the caps."
                 )
-        if batch_window_s < 0 or max_queue < 1 or max_sampling_settings < 1:
-            raise ValueError("batch_window_s must be >= 0, max_queue and max_sampling_settings >= 1.")
+        if batch_window_s < 0 or max_queue < 1:
+            raise ValueError(f"batch_window_s must be >= 0 and max_queue >= 1, got {batch_window_s}, {max_queue}.")
         self.batch_window_s = batch_window_s
         self.max_queue = max_queue
-        self.max_sampling_settings = max_sampling_settings
+        self.vocab_size = _vocab_size(target, draft)
         self._rng = np.random.default_rng(seed)
         self._queue: queue.Queue[_Request] = queue.Queue()
-        self._lock = threading.Lock()
-        self._settings: set[SamplingConfig] = set()
-        self._programs: set[tuple] = set()
+        self._lock = threading.Lock()  # counters and programs
+        # Guards the lifecycle: _running, _stop and _thread change together, and
+        # `submit` checks _running and enqueues while holding it, so `close` never
+        # misses a request that `submit` accepted.
+        self._life = threading.Lock()
+        self._running = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._programs: set[tuple] = set()
         self._counts = dict(requests=0, rows=0, batches=0, failed_batches=0, padded_rows=0, generated_tokens=0)
         _install_compile_listener()
         self._compiles_at_start = xla_compiles()
@@ -290,34 +312,19 @@ class Engine:
         top_p: float = 1.0,
         seed: int | None = None,
     ) -> SamplingConfig:
-        """Validates a request without queueing it; returns its normalised sampling settings.
+        """Validates a request completely without queueing it; returns its normalised sampling settings.
+
+        Checks: the prompt is a non-empty sequence of at most the prompt cap
+        integer token ids (not bools, not floats), each in 0..vocab_size - 1
+        (the vocabulary both models sample over); max_tokens, n, top_k and seed
+        are integers (not bools or floats) in range; temperature is finite and
+        0 (greedy) or at least the smallest normal float32; top_p lies in (0, 1].
+        Nothing is registered: a refused or merely checked request leaves no trace.
 
         Raises:
           RequestError: naming the offending field.
         """
-        if len(prompt_ids) < 1:
-            raise RequestError("prompt", "the prompt encodes to no tokens; give a non-empty prompt.")
-        if len(prompt_ids) > self.max_prompt_tokens:
-            raise RequestError(
-                "prompt", f"the prompt is {len(prompt_ids)} tokens; the server's cap is {self.max_prompt_tokens}."
-            )
-        if not 1 <= max_tokens <= self.max_tokens:
-            raise RequestError("max_tokens", f"max_tokens must lie in 1..{self.max_tokens}, got {max_tokens}.")
-        if not 1 <= n <= self.max_batch:
-            raise RequestError("n", f"n must lie in 1..{self.max_batch} (rows of one batch), got {n}.")
-        if seed is not None and not 0 <= seed <= MAX_SEED:
-            raise RequestError("seed", f"seed must lie in 0..{MAX_SEED}, got {seed}.")
-        sampling = normalise(temperature, top_k, top_p, getattr(self.target, "vocab_size", None))
-        with self._lock:
-            if sampling not in self._settings and len(self._settings) >= self.max_sampling_settings:
-                known = ", ".join(_describe(s) for s in sorted(self._settings, key=_describe))
-                raise RequestError(
-                    "temperature",
-                    f"this server compiles one program set per (temperature, top_k, top_p) and already holds "
-                    f"{self.max_sampling_settings}; reuse one of: {known}.",
-                )
-            self._settings.add(sampling)
-        return sampling
+        return self._validate(prompt_ids, max_tokens, n, temperature, top_k, top_p, seed)[1]
 
     def submit(
         self,
@@ -330,31 +337,32 @@ class Engine:
         top_p: float = 1.0,
         seed: int | None = None,
     ) -> concurrent.futures.Future:
-        """Validates and queues a request; the future resolves to a `Completion`.
+        """Validates (see `check`) and queues a request; the future resolves to a `Completion`.
 
-        The future fails with `GenerationError` if its batch failed. Cancelling
+        The future fails with `GenerationError` if its batch failed, or with
+        `Overloaded` if the engine closed before its batch started. Cancelling
         it before its batch starts drops the request.
 
         Raises:
-          RequestError: a bad request (nothing was queued).
-          Overloaded: the queue is full or the engine is stopped.
+          RequestError: a bad request (nothing was queued or counted).
+          Overloaded: the queue is full or the engine is not running (nothing
+            was queued or counted).
         """
-        sampling = self.check(
-            prompt_ids, max_tokens=max_tokens, n=n, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed
-        )
-        if self._stop.is_set() or self._thread is None:
-            raise Overloaded("the engine is not running.")
-        if self._queue.qsize() >= self.max_queue:
-            raise Overloaded(f"{self.max_queue} requests are already queued; retry later.")
-        request = _Request(
-            prompt_ids=tuple(int(t) for t in prompt_ids),
-            n=n,
-            max_tokens=max_tokens,
-            sampling=sampling,
-            seed=seed,
-            future=concurrent.futures.Future(),
-        )
-        self._queue.put(request)
+        prompt, sampling = self._validate(prompt_ids, max_tokens, n, temperature, top_k, top_p, seed)
+        with self._life:
+            if not self._running:
+                raise Overloaded("the engine is not running (not started yet, or shutting down); retry later.")
+            if self._queue.qsize() >= self.max_queue:
+                raise Overloaded(f"{self.max_queue} requests are already queued; retry later.")
+            request = _Request(
+                prompt_ids=prompt,
+                n=int(n),
+                max_tokens=int(max_tokens),
+                sampling=sampling,
+                seed=None if seed is None else int(seed),
+                future=concurrent.futures.Future(),
+            )
+            self._queue.put(request)
         return request.future
 
     def stats(self) -> dict[str, Any]:
@@ -362,7 +370,6 @@ class Engine:
         with self._lock:
             counts = dict(self._counts)
             programs = len(self._programs)
-            settings = sorted(_describe(s) for s in self._settings)
         compiles = xla_compiles() - self._compiles_at_start
         ok_batches = counts["batches"] - counts["failed_batches"]
         return dict(
@@ -370,7 +377,6 @@ class Engine:
             mean_batch_size=counts["rows"] / ok_batches if ok_batches else 0.0,
             queued=self._queue.qsize(),
             programs=programs,
-            sampling_settings=settings,
             xla_compiles=compiles,
             xla_compiles_since_warmup=None
             if self._compiles_after_warmup is None
@@ -380,37 +386,71 @@ class Engine:
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
-    def warmup(self, settings: Sequence[SamplingConfig] = (GREEDY,), shapes=None) -> int:
-        """Compiles every bucket shape (or `shapes`) for each of `settings`; returns the programs run.
+    def warmup(self, shapes=None) -> int:
+        """Compiles every bucket shape (or each (batch, width, max_new_tokens) of `shapes`) once.
 
-        Call before `start` (it runs on the caller's thread).
+        Sampling settings are traced per-row values, so one run per shape covers
+        every setting. Call before `start` (it runs on the caller's thread).
+
+        Returns:
+          The number of shapes run.
         """
         shapes = list(self.buckets.all_shapes() if shapes is None else shapes)
-        for sampling in settings:
-            sampling = self.check(
-                [0], max_tokens=1, temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p
-            )
-            for batch, width, tokens in shapes:
-                ids = np.full((batch, width), self.pad_token_id, np.int32)
-                self._generate(ids, np.full((batch,), width, np.int32), tokens, sampling, seed=0)
+        for batch, width, tokens in shapes:
+            ids = np.full((batch, width), self.pad_token_id, np.int32)
+            self._generate(ids, np.full((batch,), width, np.int32), tokens, [GREEDY] * batch, seed=0)
         self._compiles_after_warmup = xla_compiles()
-        return len(settings) * len(shapes)
+        return len(shapes)
 
     def start(self) -> None:
-        """Starts the worker thread (idempotent)."""
-        if self._thread is None:
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._loop, name="jaxspec-engine", daemon=True)
-            self._thread.start()
-        if self._compiles_after_warmup is None:
-            self._compiles_after_warmup = xla_compiles()
+        """Starts the worker thread (a no-op while it runs).
 
-    def close(self, timeout: float = 30.0) -> None:
-        """Stops the worker after its current batch; queued requests fail with `Overloaded`."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        Raises:
+          RuntimeError: the worker of an earlier `close` whose timeout ran out is
+            still finishing its batch; call `close()` again (it waits for that
+            worker), then `start()`. Two workers never run at once.
+        """
+        with self._life:
+            if self._running:
+                return
+            if self._thread is not None and self._thread.is_alive():
+                raise RuntimeError(
+                    "the previous worker is still finishing its batch (close() returned when its timeout ran out); "
+                    "call close() again to wait for it, then start()."
+                )
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._loop, args=(self._stop,), name="jaxspec-engine", daemon=True)
+            self._running = True
+            self._thread.start()
+            if self._compiles_after_warmup is None:
+                self._compiles_after_warmup = xla_compiles()
+
+    def close(self, timeout: float = 30.0) -> bool:
+        """Stops taking requests and stops the worker after its current batch.
+
+        From the moment `close` is called, `submit` raises `Overloaded`.
+        Requests still queued fail with `Overloaded`; the batch being generated
+        completes and its futures resolve, even if that takes past `timeout`.
+
+        Args:
+          timeout: seconds to wait for the worker's current batch.
+
+        Returns:
+          True if the worker has exited; False if it is still finishing its
+          batch (it exits right after; `start` refuses until it has, and calling
+          `close` again waits for it).
+        """
+        with self._life:
+            self._running = False
+            self._stop.set()
+            thread = self._thread
+        stopped = True
+        if thread is not None:
+            thread.join(timeout)
+            stopped = not thread.is_alive()
+            with self._life:
+                if stopped and self._thread is thread:
+                    self._thread = None
         while True:
             try:
                 request = self._queue.get_nowait()
@@ -418,26 +458,27 @@ class Engine:
                 break
             if request.future.set_running_or_notify_cancel():
                 request.future.set_exception(Overloaded("the server is shutting down."))
+        return stopped
 
     # ---- worker ------------------------------------------------------------------------------
 
-    def _loop(self) -> None:
-        while not self._stop.is_set():
+    def _loop(self, stop: threading.Event) -> None:
+        while not stop.is_set():
             try:
                 first = self._queue.get(timeout=0.05)
             except queue.Empty:
                 continue
             pending, rows = [first], first.n
-            deadline = first.enqueued + self.batch_window_s
-            while rows < self.max_batch:
-                remaining = deadline - time.monotonic()
-                try:
-                    request = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                pending.append(request)
-                rows += request.n
             try:
+                deadline = first.enqueued + self.batch_window_s
+                while rows < self.max_batch:
+                    remaining = deadline - time.monotonic()
+                    try:
+                        request = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    pending.append(request)
+                    rows += request.n
                 chunks = self._chunks(pending)
             except Exception as err:  # noqa: BLE001 - never let the worker die with requests waiting.
                 chunks = []
@@ -448,11 +489,11 @@ class Engine:
                 self._run(chunk)
 
     def _chunks(self, pending: list[_Request]) -> list[list[_Request]]:
-        """Groups by static settings (seeded requests alone), then splits into <= max_batch rows."""
+        """Groups by max_tokens bucket (seeded requests alone), then splits into <= max_batch rows."""
         groups: dict[tuple, list[_Request]] = {}
         for request in pending:
             tokens = Buckets.fit(self.buckets.tokens, request.max_tokens)
-            key = (request.sampling, tokens, id(request) if request.seed is not None else None)
+            key = (tokens, id(request) if request.seed is not None else None)
             groups.setdefault(key, []).append(request)
         chunks = []
         for group in groups.values():
@@ -472,18 +513,20 @@ class Engine:
             return
         start = time.monotonic()
         try:
-            rows = [r.prompt_ids for r in chunk for _ in range(r.n)]
+            rows = [(r.prompt_ids, r.sampling) for r in chunk for _ in range(r.n)]
             batch = Buckets.fit(self.buckets.batch, len(rows))
-            width = Buckets.fit(self.buckets.prompt, max(len(p) for p in rows))
+            width = Buckets.fit(self.buckets.prompt, max(len(p) for p, _ in rows))
             tokens = Buckets.fit(self.buckets.tokens, max(r.max_tokens for r in chunk))
             ids = np.full((batch, width), self.pad_token_id, np.int32)
             lengths = np.empty((batch,), np.int32)
+            settings = []
             for i in range(batch):
-                prompt = rows[i] if i < len(rows) else rows[0]
+                prompt, sampling = rows[i] if i < len(rows) else rows[0]
                 ids[i, : len(prompt)] = prompt
                 lengths[i] = len(prompt)
+                settings.append(sampling)
             seed = chunk[0].seed if chunk[0].seed is not None else int(self._rng.integers(MAX_SEED))
-            out = self._generate(ids, lengths, tokens, chunk[0].sampling, seed)
+            out = self._generate(ids, lengths, tokens, settings, seed)
             generate_ms = 1000 * (time.monotonic() - start)
             completions, row = [], 0
             for request in chunk:
@@ -517,7 +560,10 @@ class Engine:
         for request, completion in zip(chunk, completions):
             request.future.set_result(completion)
 
-    def _generate(self, ids, lengths, tokens: int, sampling: SamplingConfig, seed: int) -> dict[str, np.ndarray]:
+    def _generate(
+        self, ids, lengths, tokens: int, settings: Sequence[SamplingConfig], seed: int
+    ) -> dict[str, np.ndarray]:
+        """One `speculative_sample` call; `settings` holds one entry per row of `ids`."""
         result = speculative_sample(
             self.target,
             self.draft,
@@ -526,16 +572,20 @@ class Engine:
             key=jax.random.key(seed),
             max_new_tokens=tokens,
             num_draft_tokens=self.num_draft_tokens,
-            temperature=sampling.temperature,
-            top_k=sampling.top_k,
-            top_p=sampling.top_p,
+            temperature=np.array([s.temperature for s in settings], np.float32),
+            top_k=np.array([s.top_k for s in settings], np.int32),
+            top_p=np.array([s.top_p for s in settings], np.float32),
             eos_token_id=self.eos_token_id,
             pad_token_id=self.pad_token_id,
             verify=self.verify,
         )
         with self._lock:
-            self._programs.add((ids.shape, tokens, sampling))
-        return {name: np.asarray(getattr(result, name)) for name in ("tokens", "lengths", "provenance")}
+            self._programs.add((ids.shape, tokens))
+        out = {name: np.asarray(getattr(result, name)) for name in ("tokens", "lengths", "provenance")}
+        nonfinite = getattr(result, "nonfinite_logits", None)  # absent in older `speculative_sample`s
+        if nonfinite is not None:
+            out["nonfinite_logits"] = np.asarray(nonfinite)
+        return out
 
     def _choice(self, out: dict[str, np.ndarray], row: int, max_tokens: int) -> Choice:
         length = min(int(out["lengths"][row]), max_tokens)
@@ -546,35 +596,115 @@ class Engine:
         # (by max_tokens or EOS) ends with an accepted draft instead.
         ends = int(np.isin(provenance, (common.RESAMPLED, common.BONUS)).sum())
         calls = ends + int(length > 0 and provenance[-1] == common.ACCEPTED_DRAFT)
+        if "nonfinite_logits" in out and bool(out["nonfinite_logits"][row]) and length < max_tokens:
+            reason = "error"  # stopped early at logits without a distribution, before this request's end
+        else:
+            reason = "stop" if stopped else "length"
         return Choice(
             token_ids=tuple(ids[:-1] if stopped else ids),
-            finish_reason="stop" if stopped else "length",
+            finish_reason=reason,
             generated=length,
             drafted=calls * self.num_draft_tokens,
             accepted=int((provenance == common.ACCEPTED_DRAFT).sum()),
             target_calls=calls,
         )
 
+    def _validate(self, prompt_ids, max_tokens, n, temperature, top_k, top_p, seed):
+        """(prompt as a tuple of ints, normalised settings); see `check`."""
+        prompt = _prompt(prompt_ids, self.max_prompt_tokens, self.vocab_size)
+        max_tokens = _integer("max_tokens", max_tokens)
+        if not 1 <= max_tokens <= self.max_tokens:
+            raise RequestError("max_tokens", f"max_tokens must lie in 1..{self.max_tokens}, got {max_tokens}.")
+        n = _integer("n", n)
+        if not 1 <= n <= self.max_batch:
+            raise RequestError("n", f"n must lie in 1..{self.max_batch} (rows of one batch), got {n}.")
+        if seed is not None:
+            seed = _integer("seed", seed)
+            if not 0 <= seed <= MAX_SEED:
+                raise RequestError("seed", f"seed must lie in 0..{MAX_SEED}, got {seed}.")
+        return prompt, normalise(temperature, top_k, top_p, self.vocab_size)
+
+
+def _vocab_size(target, draft) -> int | None:
+    """The ids both models sample over (None if unknown, e.g. models stubbed out in tests)."""
+    if hasattr(draft, "vocab_size_for") and target is not None:
+        return int(draft.vocab_size_for(target))  # a `Drafter`; raises for incompatible vocabularies
+    sizes = [getattr(m, "vocab_size", None) for m in (target, draft)]
+    sizes = [int(v) for v in sizes if v is not None]
+    # A draft whose embedding pads the target's vocabulary samples only the target's ids.
+    return min(sizes) if sizes else None
+
+
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
+def _integer(param: str, value: Any) -> int:
+    if not _is_integer(value):
+        raise RequestError(param, f"{param} must be an integer, got {value!r} ({type(value).__name__}).")
+    return int(value)
+
+
+def _prompt(prompt_ids: Any, cap: int, vocab_size: int | None) -> tuple[int, ...]:
+    """The prompt as a tuple of ints, checked against the cap and the vocabulary."""
+    if isinstance(prompt_ids, (str, bytes)) or not isinstance(prompt_ids, (Sequence, np.ndarray)):
+        raise RequestError(
+            "prompt", f"the prompt must be a sequence of token ids, got {type(prompt_ids).__name__}; tokenize it first."
+        )
+    if isinstance(prompt_ids, np.ndarray) and prompt_ids.ndim != 1:
+        raise RequestError("prompt", f"the prompt must be one sequence of token ids, got shape {prompt_ids.shape}.")
+    if len(prompt_ids) < 1:
+        raise RequestError("prompt", "the prompt encodes to no tokens; give a non-empty prompt.")
+    if len(prompt_ids) > cap:
+        raise RequestError("prompt", f"the prompt is {len(prompt_ids)} tokens; the server's cap is {cap}.")
+    high = INT32_MAX if vocab_size is None else vocab_size - 1
+    out = []
+    for i, token in enumerate(prompt_ids):
+        if not _is_integer(token):
+            raise RequestError(
+                "prompt", f"prompt token {i} is {token!r} ({type(token).__name__}); token ids must be integers."
+            )
+        token = int(token)
+        if not 0 <= token <= high:
+            raise RequestError(
+                "prompt",
+                f"prompt token {i} is {token}, outside the vocabulary 0..{high}; "
+                "encode the prompt with the model's tokenizer.",
+            )
+        out.append(token)
+    return tuple(out)
+
 
 def normalise(t: float, k: int, p: float, vocab_size: int | None = None) -> SamplingConfig:
-    """Validated settings; equivalent ones share one compiled program (greedy ignores top-k/top-p,
-    top_k >= vocab is off).
+    """Validated settings, normalised: greedy ignores top-k/top-p, and top_k >= vocab is off.
 
     Raises:
       RequestError: naming the out-of-range field.
     """
-    if isinstance(t, bool) or not (isinstance(t, (int, float)) and math.isfinite(t) and t >= 0):
-        raise RequestError("temperature", f"temperature must be a finite number >= 0, got {t!r}.")
-    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
-        raise RequestError("top_k", f"top_k must be an integer >= 0, got {k!r}.")
-    if isinstance(p, bool) or not (isinstance(p, (int, float)) and 0 < p <= 1):
-        raise RequestError("top_p", f"top_p must lie in (0, 1], got {p!r}.")
+    if not _is_real(t) or not math.isfinite(t) or t < 0 or t > FLOAT32_MAX:
+        raise RequestError(
+            "temperature", f"temperature must be a finite number >= 0 (0 = greedy), got {t!r} ({type(t).__name__})."
+        )
+    if 0 < t < FLOAT32_TINY:
+        raise RequestError(
+            "temperature",
+            f"temperature {t!r} underflows float32 (smallest normal {FLOAT32_TINY:.8g}); use 0 for greedy.",
+        )
+    k = _integer("top_k", k)
+    if k < 0:
+        raise RequestError("top_k", f"top_k must be an integer >= 0 (0 = off), got {k}.")
+    if not _is_real(p) or not 0 < p <= 1:
+        raise RequestError("top_p", f"top_p must lie in (0, 1] (1 = off), got {p!r} ({type(p).__name__}).")
+    if p < FLOAT32_TINY:
+        raise RequestError(
+            "top_p", f"top_p {p!r} underflows float32 (smallest normal {FLOAT32_TINY:.8g}); use a larger value."
+        )
     if t == 0:
         return GREEDY
-    if vocab_size is not None and k >= vocab_size:
+    if k >= (INT32_MAX if vocab_size is None else vocab_size):
         k = 0
-    return SamplingConfig(temperature=float(t), top_k=int(k), top_p=float(p))
-
-
-def _describe(s: SamplingConfig) -> str:
-    return f"temperature={s.temperature:g} top_k={s.top_k} top_p={s.top_p:g}"
+    return SamplingConfig(temperature=float(t), top_k=k, top_p=float(p))

@@ -1,0 +1,119 @@
+"""Random draws fine enough for exact sampling at real vocabulary sizes.
+
+Every random decision of the sampler goes through this module: the
+categorical draw (an exponential race), and the Bernoulli tests of the
+accept/stop rules. The obvious float32 constructions are not exact at
+GPT-2's 50,257 ids, in two opposite ways:
+
+- An Exp(1) built as ``-log1p(-u)`` from ``jax.random.uniform`` (u on a 2^-23
+  grid) is exactly 0 with probability 2^-23 per entry; ``p / 0 = inf`` then
+  wins the race for any token with p > 0: ~0.6% of all draws at V = 50,257.
+- A race or a test built from a float32 uniform in (0, 1) cannot resolve a
+  probability below the grid: a token with p below ~6e-8 of the top token's
+  never wins, and ``u < r`` for r = 1e-6 is off by up to 12%.
+
+Here each uniform is built from 64 random bits as U = v (lower half) or
+U = 1 - v (upper half), where one bit picks the half and 63 bits give
+v in (0, 1/2] with absolute resolution 2^-64 near 0 and float32's relative
+precision (2^-24) everywhere. Consumers never round 1 - v: Exp(1) is
+``-log1p(-v)`` in the lower half and ``-log(v)`` in the upper half, and the
+event U < r is ``v < r`` or ``v > 1 - r`` (1 - r is exact in float32 for
+r >= 1/2, and irrelevant below). So:
+
+- E ~ Exp(1) lies in [2.7e-20, 45.1]: never 0, never inf; tokens down to
+  ~1e-19 of the top token's probability can win, and the race is exact up
+  to the float32 rounding of the probabilities and of log.
+- P(bernoulli(r)) = r up to 2^-64 absolute and ~2^-24 relative in r and in
+  1 - r: the rounding that r itself carries.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["argmax_first", "bernoulli", "categorical", "exponential", "random_bits"]
+
+_TWO_POW_M32 = 2.0**-32
+
+
+def random_bits(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """uint32 random bits of `shape`, from XLA's Threefry bit generator seeded by `key`.
+
+    jax.random.bits expands Threefry into many small XLA ops; XLA's own
+    RngBitGenerator (algorithm THREE_FRY, deterministic on every backend) is
+    ~20x faster on CPU for the vocabulary-sized draws of the sampler. `key` is
+    consumed (only 4 words are drawn from it, for the seed).
+    """
+    seed = jax.random.bits(key, (4,), jnp.uint32)
+    _, bits = jax.lax.rng_bit_generator(seed, shape, dtype=jnp.uint32, algorithm=jax.lax.RandomAlgorithm.RNG_THREE_FRY)
+    return bits
+
+
+def argmax_first(x: jax.Array) -> jax.Array:
+    """int32 [...]: index of the largest entry of x [..., V], the lowest on ties (as jnp.argmax, no NaN).
+
+    Written as a max then a min over indices: two vectorised reductions, ~15x
+    faster on XLA:CPU than argmax's variadic (value, index) reduction.
+    """
+    best = jnp.max(x, axis=-1, keepdims=True)
+    ids = jax.lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1)
+    return jnp.min(jnp.where(x == best, ids, x.shape[-1]), axis=-1)
+
+
+def _half_uniform(key: jax.Array, size: int) -> tuple[jax.Array, jax.Array]:
+    """(v float32 [size] in (0, 1/2], upper bool [size]) from 64 random bits each.
+
+    The uniform they stand for is U = v if not upper else 1 - v. Drawn flat.
+    """
+    bits = random_bits(key, (2, size))
+    hi, lo = bits[0], bits[1]
+    upper = (hi >> 31) == 1
+    hi31 = (hi & jnp.uint32(0x7FFFFFFF)).astype(jnp.float32)
+    lo_fraction = (lo.astype(jnp.float32) + 0.5) * jnp.float32(_TWO_POW_M32)  # (0, 1]
+    v = (hi31 + lo_fraction) * jnp.float32(_TWO_POW_M32)  # (0, 1/2]
+    return v, upper
+
+
+def exponential(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """float32 Exp(1) draws of `shape`, each in [2.7e-20, 45.1] (never 0 or inf)."""
+    size = 1
+    for d in shape:
+        size *= d
+    v, upper = _half_uniform(key, size)
+    e = jnp.where(upper, -jnp.log(v), -jnp.log1p(-v))
+    return e.reshape(shape)
+
+
+def bernoulli(key: jax.Array, prob: jax.Array) -> jax.Array:
+    """bool array shaped like `prob`, True with probability clip(prob, 0, 1).
+
+    Exact up to 2^-64 absolute near 0 and float32 rounding of `prob` and of
+    `1 - prob` (see the module docstring); prob <= 0 or NaN is never True,
+    prob >= 1 always is.
+    """
+    prob = jnp.asarray(prob, jnp.float32)
+    v, upper = _half_uniform(key, prob.size)
+    v, upper = v.reshape(prob.shape), upper.reshape(prob.shape)
+    return jnp.where(upper, v > 1.0 - prob, v < prob)
+
+
+def categorical(key: jax.Array, weights: jax.Array) -> jax.Array:
+    """One index per leading position, drawn from norm(weights) by an exponential race.
+
+    argmax_v weights[v] / E[v] with E i.i.d. Exp(1) picks v with probability
+    weights[v] / sum(weights), so rows need not be normalised. Indices with
+    weight 0 never win. A row with no positive weight returns index 0 (callers
+    check validity; see `processing.valid_rows`).
+
+    Args:
+      key: a PRNG key.
+      weights: float [..., V], non-negative.
+
+    Returns:
+      int32 [...] indices.
+    """
+    weights = jnp.asarray(weights).astype(jnp.float32)
+    race = exponential(key, weights.shape)
+    scores = jnp.where(weights > 0, weights / race, jnp.float32(-1.0))
+    return argmax_first(scores)
