@@ -49,7 +49,7 @@ MODEL_NAMES = ("gpt2-target", "gpt2-draft", "opt-draft")
 MODELS = flags.DEFINE_multi_enum(
     "models", list(MODEL_NAMES), list(MODEL_NAMES), "Models to (re)train; the others are kept from --out_dir."
 )
-TARGET_LR = flags.DEFINE_float("target_lr", 1.5e-3, "Peak learning rate of the target.", lower_bound=0.0)
+TARGET_LR = flags.DEFINE_float("target_lr", 3e-3, "Peak learning rate of the target.", lower_bound=0.0)
 DRAFT_LR = flags.DEFINE_float("draft_lr", 3e-3, "Peak learning rate of the drafts.", lower_bound=0.0)
 
 

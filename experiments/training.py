@@ -140,6 +140,20 @@ def heldout_loss(model: Model, stream: np.ndarray, context: int, windows: int = 
     return float(np.mean(losses))
 
 
+def scale_residual_init(model: Model) -> Model:
+    """GPT-2's init: the projections that write into the residual stream scaled by 1/sqrt(2 * layers)."""
+    scale = (2 * model.config.num_layers) ** -0.5
+    blocks = dict(model.params["blocks"])
+    for name in ("attn_out", "fc_out"):
+        blocks[name] = dict(blocks[name], kernel=blocks[name]["kernel"] * scale)
+    return model.replace(params=dict(model.params, blocks=blocks))
+
+
+# A logged window's throughput below this fraction of the probe's means another
+# process is taking the cores: say so, since the schedule was fitted to the probe.
+SLOW_FRACTION = 0.75
+
+
 def train(
     config: DecoderConfig,
     train_stream: np.ndarray,
@@ -156,10 +170,15 @@ def train(
     """AdamW + warmup/cosine, with the schedule fitted to the measured throughput.
 
     A short calibration run times the compiled step; the step count is then
-    set so that the cosine reaches its end when the time budget does.
+    set so that the cosine reaches its end when the time budget does. The
+    recipe: AdamW (b2 0.99, weight decay 0.1), global-norm clip 1.0, 50 linear
+    warm-up steps to `peak_lr`, cosine to `peak_lr / 10`, N(0, 0.02) init with
+    the residual output projections scaled by 1/sqrt(2 * layers), no dropout.
+    A log line warns when throughput falls well below the probe's (another
+    process on the cores), because the run then gets fewer steps than planned.
     """
     rng = np.random.default_rng(seed)
-    model = init_model(config, jax.random.key(seed))
+    model = scale_residual_init(init_model(config, jax.random.key(seed)))
 
     def batch():
         starts = rng.integers(0, len(train_stream) - context - 1, batch_size)
@@ -183,27 +202,38 @@ def train(
         jax.block_until_ready(probe_step(model.params, state, batch()))
     per_step = (time.perf_counter() - t0) / 5
     total_steps = max(min_steps, int(minutes * 60 / per_step))
-    warmup = max(10, total_steps // 50)
+    warmup = min(50, max(1, total_steps // 10))
     log(
         f"{model.num_params() / 1e6:.2f}M params; {per_step * 1000:.0f} ms/step "
         f"({batch_size * context / per_step:,.0f} tokens/s) -> {total_steps} steps in {minutes:.0f} min"
     )
-    schedule = optax.warmup_cosine_decay_schedule(0.0, peak_lr, warmup, total_steps, end_value=peak_lr / 20)
+    schedule = optax.warmup_cosine_decay_schedule(0.0, peak_lr, warmup, total_steps, end_value=peak_lr / 10)
     optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, b2=0.99, weight_decay=0.1))
     step = make_step(optimizer)
     params, opt_state = model.params, optimizer.init(model.params)
     start = time.perf_counter()
     recent = []
+    window_start, window_step = start, 0
+    probe_rate = batch_size * context / per_step
     for i in range(1, total_steps + 1):
         params, opt_state, loss = step(params, opt_state, batch())
         if i % 50 == 0 or i == total_steps:
             recent.append(float(loss))
-            elapsed = time.perf_counter() - start
+            now = time.perf_counter()
+            elapsed = now - start
             eta = elapsed / i * (total_steps - i)
+            window_rate = (i - window_step) * batch_size * context / (now - window_start)
+            window_start, window_step = now, i
             log(
                 f"step {i}/{total_steps} loss {float(loss):.3f} lr {float(schedule(i)):.2e} "
                 f"{i * batch_size * context / elapsed:,.0f} tok/s ETA {eta / 60:.1f} min"
             )
+            if window_rate < SLOW_FRACTION * probe_rate:
+                log(
+                    f"WARNING: {window_rate:,.0f} tok/s over the last steps is {window_rate / probe_rate:.0%} of the "
+                    f"probe's {probe_rate:,.0f}: another process is using the cores, so this run will get fewer "
+                    "steps than its schedule assumed. Keep the machine idle while training."
+                )
     seconds = time.perf_counter() - start
     model = model.replace(params=params)
     report = TrainReport(
