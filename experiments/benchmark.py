@@ -29,6 +29,12 @@ means of accepted drafts per round are compared as a paired difference with
 its standard error and z score. The sweep's timing cells use too few tokens for
 that question (their acceptance columns differ by noise of a few percent).
 
+Settings mode (--mode=settings) prices the sampling settings users run: for
+each temperature:top_k:top_p entry of --settings it times autoregressive and
+speculative decoding (K = --settings_K, the first --verify rule) on the
+shipped pair, all interleaved in one run, and reports tokens/s (median over
+runs), the cost of each setting relative to the first, and speculative / AR.
+
 Size mode (--mode=size) times the per-call costs of Hugging Face-sized configs
 with random weights (gpt2 vs gpt2-medium/large/xl, opt-125m vs opt-1.3b).
 Acceptance is meaningless for random weights, so only costs are reported.
@@ -36,6 +42,7 @@ Acceptance is meaningless for random weights, so only costs are reported.
     python experiments/benchmark.py --out_dir results/benchmark
     python experiments/benchmark.py --mode=ngram --out_dir results/ngram
     python experiments/benchmark.py --mode=size --out_dir results/size
+    python experiments/benchmark.py --mode=settings --N 64 --num_runs 7 --out_dir results/settings
 """
 
 from __future__ import annotations
@@ -47,19 +54,24 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import costs  # noqa: E402
 import harness  # noqa: E402
-import training  # noqa: E402
 
 import jaxspec  # noqa: E402
 from jaxspec.models.config import DecoderConfig  # noqa: E402
 from jaxspec.models.model import init_model  # noqa: E402
 
-MODE = flags.DEFINE_enum("mode", "sweep", ["sweep", "ngram", "size", "acceptance"], "What to benchmark.")
+MODE = flags.DEFINE_enum("mode", "sweep", ["sweep", "ngram", "size", "acceptance", "settings"], "What to benchmark.")
+SETTINGS = flags.DEFINE_list(
+    "settings",
+    ["0.6:0:1", "0.6:50:1", "0.6:0:0.9", "0.6:50:0.9"],
+    "temperature:top_k:top_p entries (settings mode); the first is the baseline.",
+)
+SETTINGS_K = flags.DEFINE_integer("settings_K", 4, "Draft tokens per round in settings mode.", lower_bound=1)
 ACCEPTANCE_ROWS = flags.DEFINE_integer(
     "acceptance_rows", 256, "Rows per call in acceptance mode (held-out prompts, repeated).", lower_bound=2
 )
@@ -87,83 +99,52 @@ def _log(message: str) -> None:
     print(time.strftime("%H:%M:%S"), message, flush=True)
 
 
-def call_cost_ms(model, batch: int, chunk: int, position: int, reps: int = 20) -> float:
-    """Milliseconds of one forward of `chunk` tokens per row at cache `position`.
-
-    Timed as `reps` calls inside one jitted fori_loop (the way the generation
-    loops call the model), so Python dispatch is not counted.
-    """
-    cache = model.init_cache(batch, position + chunk + 1).with_lengths(jnp.full((batch,), position, jnp.int32))
-    tokens = jnp.ones((batch, chunk), jnp.int32)
-
-    @jax.jit
-    def loop(model, cache):
-        def body(_, carry):
-            cache, acc = carry
-            logits, new_cache = model(tokens, cache)
-            # Reset the length so every call runs at the same position.
-            return new_cache.with_lengths(cache.lengths), acc + logits[0, -1, 0]
-
-        return jax.lax.fori_loop(0, reps, body, (cache, jnp.float32(0)))
-
-    jax.block_until_ready(loop(model, cache))
-    best = float("inf")
-    for _ in range(3):
-        start = time.perf_counter()
-        jax.block_until_ready(loop(model, cache))
-        best = min(best, time.perf_counter() - start)
-    return 1000 * best / reps
+call_cost_ms = costs.call_cost_ms
 
 
-def predicted_speedup(alpha: float, k: int, c_target: float, c_verify: float, c_draft: float) -> float:
-    tokens_per_round = (k + 1) if alpha >= 1 else (1 - alpha ** (k + 1)) / (1 - alpha)
-    return tokens_per_round * c_target / (k * c_draft + c_verify)
-
-
-def _sweep_row(timing: dict, ar_mean: float, ar_std: float, c: dict, b: int, t: float, k: int, verify: str) -> dict:
-    res = timing["result"]
+def _sweep_row(timing: dict, results: list, ar: dict, loop: costs.LoopCosts, b: int, t: float, k: int, v: str) -> dict:
+    """One sweep cell: acceptance, measured speedup (paired per prompt) and the speedup the costs predict."""
+    total = lambda field: float(sum(np.asarray(getattr(r, field)).sum() for r in results))
+    histogram = sum(np.asarray(r.round_histogram).sum(axis=0) for r in results)
+    accepted, rounds = total("num_accepted"), total("num_rounds")
+    rejections = rounds - float(histogram[-1])
+    alpha = accepted / max(accepted + rejections, 1.0)
+    tokens_per_round = total("lengths") / rounds
+    # The loop runs until its slowest row ends: that is the number of rounds it pays for.
+    loop_rounds = float(np.mean([np.max(np.asarray(r.num_rounds)) for r in results]))
+    n = int(np.max(np.asarray(results[0].lengths)))
+    ratios = np.asarray(ar["times_s"]) / np.asarray(timing["times_s"])
     mean, std = harness.mean_std(timing["times_s"])
-    alpha = float(np.sum(np.asarray(res.num_accepted)) / np.sum(np.asarray(res.num_drafted)))
-    tokens_per_round = float(np.sum(np.asarray(res.lengths)) / np.sum(np.asarray(res.num_rounds)))
-    if verify == "tokenwise":
-        predicted = predicted_speedup(alpha, k, c["target_step_ms"], c["verify_ms"][k], c["draft_step_ms"])
-    else:  # no closed form in alpha: use the measured tokens per round
-        predicted = tokens_per_round * c["target_step_ms"] / (k * c["draft_step_ms"] + c["verify_ms"][k])
-    measured = ar_mean / mean
+    ar_mean, ar_std = harness.mean_std(ar["times_s"])
+    predicted = loop.predicted_speedup(n, k, n / loop_rounds)
     return dict(
         batch_size=b,
         temperature=t,
         K=k,
-        verify=verify,
+        verify=v,
         alpha=alpha,
-        accepted_per_round=float(np.sum(np.asarray(res.num_accepted)) / np.sum(np.asarray(res.num_rounds))),
+        acceptance_rate=accepted / total("num_drafted"),
+        acceptance_by_position=costs.acceptance_by_position(histogram),
+        accepted_per_round=accepted / rounds,
         tokens_per_round=tokens_per_round,
         spec_ms=1000 * mean,
         spec_std_ms=1000 * std,
         ar_ms=1000 * ar_mean,
         ar_std_ms=1000 * ar_std,
-        speedup=measured,
+        speedup=float(np.median(ratios)),
+        speedup_mean=float(np.mean(ratios)),
+        speedup_se=float(np.std(ratios, ddof=1) / np.sqrt(len(ratios))) if len(ratios) > 1 else 0.0,
         predicted_speedup=predicted,
-        efficiency=measured / predicted,
-        target_step_ms=c["target_step_ms"],
-        verify_ms=c["verify_ms"][k],
-        draft_step_ms=c["draft_step_ms"],
-        verify_ratio=c["verify_ms"][k] / c["target_step_ms"],
-        c=c["draft_step_ms"] / c["target_step_ms"],
+        predicted_from_alpha=loop.predicted_speedup(n, k, costs.tokens_per_round_tokenwise(alpha, k))
+        if v == "tokenwise"
+        else None,
+        efficiency=float(np.mean(ratios)) / predicted,
+        round_overhead_ms=loop.round_overhead_ms,
+        ar_overhead_ms=loop.ar_overhead_ms,
     )
 
 
-def heldout_prompts(tokenizer, count: int, length: int) -> np.ndarray:
-    """`count` prompts of exactly `length` tokens from distinct held-out files."""
-    _, heldout = training.split_files(training.python_files())
-    prompts = []
-    for text in training.read_texts(heldout):
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        if len(ids) >= length:
-            prompts.append(ids[:length])
-        if len(prompts) == count:
-            break
-    return np.asarray(prompts, np.int32)
+heldout_prompts = harness.heldout_prompts
 
 
 def sweep():
@@ -174,18 +155,28 @@ def sweep():
     temps = [float(t) for t in TEMPERATURES.value]
     batches = [int(b) for b in BATCHES.value]
     prompts = heldout_prompts(tokenizer, NUM_RUNS.value + 1, PROMPT_TOKENS.value)
-    position = PROMPT_TOKENS.value + N.value // 2
-    costs = {}
+    model_costs, overheads = {}, {}
     for b in batches:
-        costs[b] = dict(
-            target_step_ms=call_cost_ms(target, b, 1, position),
-            draft_step_ms=call_cost_ms(draft, b, 1, position),
-            verify_ms={k: call_cost_ms(target, b, k + 1, position) for k in ks},
-        )
+        model_costs[b] = costs.model_costs(target, draft, b, PROMPT_TOKENS.value, N.value, ks)
+        c = model_costs[b]
+        for k in ks:
+            for v in VERIFY.value:
+                overheads[b, k, v] = costs.loop_overheads(
+                    target,
+                    draft,
+                    np.repeat(prompts[:1], b, axis=0),
+                    max_new_tokens=N.value,
+                    num_draft_tokens=k,
+                    verify=v,
+                    temperature=1.0,
+                )
         _log(
-            f"costs at batch {b}: target step {costs[b]['target_step_ms']:.2f} ms, draft step "
-            f"{costs[b]['draft_step_ms']:.2f} ms, verify "
-            + ", ".join(f"K={k}: {v:.2f}" for k, v in costs[b]["verify_ms"].items())
+            f"costs at batch {b}: target step {c['target_step_ms']:.2f} ms, draft step {c['draft_step_ms']:.2f} ms "
+            f"(2-token {c['draft_first_ms']:.2f}), verify "
+            + ", ".join(f"K={k}: {ms:.2f}" for k, ms in c["verify_ms"].items())
+            + "; loop work per round "
+            + ", ".join(f"K={k}: {overheads[b, k, VERIFY.value[0]]['round_overhead_ms']:.2f}" for k in ks)
+            + f" ms, per AR token {overheads[b, ks[0], VERIFY.value[0]]['ar_overhead_ms']:.3f} ms"
         )
     rows = []
     total = len(batches) * len(temps)
@@ -214,15 +205,16 @@ def sweep():
                         temperature=t,
                         verify=v,
                     )
-            timings = harness.time_interleaved(methods, NUM_RUNS.value)
-            ar_mean, ar_std = harness.mean_std(timings["autoregressive"]["times_s"])
+            timings, results = harness.time_interleaved(methods, NUM_RUNS.value, keep_results=True)
             for k in ks:
                 for v in VERIFY.value:
-                    rows.append(_sweep_row(timings[f"K={k} {v}"], ar_mean, ar_std, costs[b], b, t, k, v))
+                    loop = costs.loop_costs(model_costs[b], overheads[b, k, v], k)
+                    name = f"K={k} {v}"
+                    rows.append(_sweep_row(timings[name], results[name], timings["autoregressive"], loop, b, t, k, v))
             # Each cell compiles 2 * len(K) loops that no later cell reuses. XLA:CPU keeps every
             # executable's code mapped, and the full sweep once ran out of memory maps (vm.max_map_count)
             # in its last cell: drop them.
-            del timings, methods
+            del timings, results, methods
             jax.clear_caches()
             done += 1
             elapsed = time.perf_counter() - start
@@ -239,7 +231,80 @@ def sweep():
         target=TARGET.value,
         draft=DRAFT.value,
         N=N.value,
-        costs=costs,
+        costs={
+            str(b): dict(c, verify_ms={str(k): v for k, v in c["verify_ms"].items()}) for b, c in model_costs.items()
+        },
+        overheads={f"{b}/{k}/{v}": o for (b, k, v), o in overheads.items()},
+        rows=rows,
+        device=str(jax.devices()[0]),
+        command="python " + " ".join(sys.argv),
+    )
+
+
+def settings_mode():
+    target = jaxspec.load_model(TARGET.value)
+    draft = jaxspec.load_model(DRAFT.value)
+    tokenizer = jaxspec.load_tokenizer(TARGET.value)
+    prompts = heldout_prompts(tokenizer, NUM_RUNS.value + 1, PROMPT_TOKENS.value)
+    parsed = []
+    for entry in SETTINGS.value:
+        t, k, p = entry.split(":")
+        parsed.append((entry, dict(temperature=float(t), top_k=int(k), top_p=float(p))))
+    methods = {}
+    for entry, kwargs in parsed:
+        methods[f"{entry} autoregressive"] = lambda seed, kw=kwargs: jaxspec.autoregressive_sample(
+            target, prompts[seed % len(prompts)][None], key=jax.random.key(seed), max_new_tokens=N.value, **kw
+        )
+        methods[f"{entry} speculative"] = lambda seed, kw=kwargs: jaxspec.speculative_sample(
+            target,
+            draft,
+            prompts[seed % len(prompts)][None],
+            key=jax.random.key(seed),
+            max_new_tokens=N.value,
+            num_draft_tokens=SETTINGS_K.value,
+            verify=VERIFY.value[0],
+            **kw,
+        )
+    _log(f"timing {len(methods)} methods x {NUM_RUNS.value} runs, interleaved")
+    timings, results = harness.time_interleaved(methods, NUM_RUNS.value, keep_results=True)
+    rate = {name: N.value / float(np.median(t["times_s"])) for name, t in timings.items()}
+    base = parsed[0][0]
+    rows = []
+    for entry, _ in parsed:
+        ar, spec = rate[f"{entry} autoregressive"], rate[f"{entry} speculative"]
+        rows.append(
+            dict(
+                setting=entry,
+                ar_tokens_per_s=ar,
+                spec_tokens_per_s=spec,
+                ar_vs_baseline=ar / rate[f"{base} autoregressive"],
+                spec_vs_baseline=spec / rate[f"{base} speculative"],
+                spec_over_ar=spec / ar,
+                # Settings change acceptance too: tokens per round separates that from processing cost.
+                spec_tokens_per_round=sum(float(np.sum(r.lengths)) for r in results[f"{entry} speculative"])
+                / sum(float(np.sum(r.num_rounds)) for r in results[f"{entry} speculative"]),
+                # Time per round (loop iterations: the slowest row's rounds), run by run: the per-round
+                # cost, apart from how many rounds the setting's acceptance needs.
+                spec_ms_per_round=1000
+                * float(
+                    np.median(
+                        [
+                            t / np.max(np.asarray(r.num_rounds))
+                            for t, r in zip(timings[f"{entry} speculative"]["times_s"], results[f"{entry} speculative"])
+                        ]
+                    )
+                ),
+            )
+        )
+    return dict(
+        mode="settings",
+        target=TARGET.value,
+        draft=DRAFT.value,
+        N=N.value,
+        K=SETTINGS_K.value,
+        verify=VERIFY.value[0],
+        num_runs=NUM_RUNS.value,
+        jaxspec_file=jaxspec.__file__,
         rows=rows,
         device=str(jax.devices()[0]),
         command="python " + " ".join(sys.argv),
@@ -483,7 +548,13 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
     os.makedirs(OUT_DIR.value, exist_ok=True)
-    modes = {"sweep": sweep, "ngram": ngram_mode, "size": size_mode, "acceptance": acceptance_mode}
+    modes = {
+        "sweep": sweep,
+        "ngram": ngram_mode,
+        "size": size_mode,
+        "acceptance": acceptance_mode,
+        "settings": settings_mode,
+    }
     report = modes[MODE.value]()
     with open(os.path.join(OUT_DIR.value, f"{MODE.value}.json"), "w") as f:
         json.dump(report, f, indent=2)

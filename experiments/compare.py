@@ -1,15 +1,24 @@
-"""Compares speculative sampling with autoregressive sampling on one prompt.
+"""Compares speculative sampling with autoregressive sampling.
 
-    python experiments/compare.py                       # shipped pair, defaults
-    python experiments/compare.py --K 3 --temperature 0 --N 128 -v
-    python experiments/compare.py --verify block            # block verification (Sun et al. 2024)
-    python experiments/compare.py --drafter ngram           # prompt lookup, no draft model
+    python experiments/compare.py                       # shipped pair, 16 held-out prompts
+    python experiments/compare.py --temperature 0 -v    # greedy; colour tokens by provenance
+    python experiments/compare.py --input_str "def f(x):" --num_runs 5   # one prompt of yours
+    python experiments/compare.py --verify tokenwise    # Leviathan et al.'s rule instead of block
+    python experiments/compare.py --drafter ngram       # prompt lookup, no draft model
     python experiments/compare.py --target_model gpt2-large --draft_model gpt2   # hub ids (needs network)
 
-Prints mean time ± std over --num_runs timed runs (after a warm-up run whose
-time, compilation included, is reported separately), tokens/s, ms/token,
-speedup over autoregressive, acceptance rate and tokens per target call; then
-the generated text. -v colours each token by provenance.
+By default each method decodes --num_prompts held-out prompts (the first
+--prompt_tokens tokens of files the shipped models never trained on), one
+timed run per prompt, the methods interleaved prompt by prompt after a warm-up
+run whose time (compilation included) is reported separately. The speedup is
+measured per prompt (autoregressive time / speculative time on the same
+prompt) and reported as the median with the mean's standard error. With
+--input_str, that one prompt is decoded --num_runs times instead.
+
+Also printed: time ± std, tokens/s, ms/token, the acceptance accepted/drafted
+and the per-draft alpha = accepted / (accepted + rejections), the acceptance
+at each draft position, tokens per target call, and the generated text of the
+first prompt. -v marks each token by provenance.
 """
 
 from __future__ import annotations
@@ -24,16 +33,23 @@ import numpy as np
 from absl import app, flags, logging
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import costs  # noqa: E402
 import harness  # noqa: E402
 
 import jaxspec  # noqa: E402
 
 TARGET = flags.DEFINE_string("target_model", harness.DEFAULT_TARGET, "Target: a folder or hub id.")
 DRAFT = flags.DEFINE_string("draft_model", harness.DEFAULT_DRAFT, "Draft: a folder or hub id.")
-INPUT = flags.DEFINE_string("input_str", harness.DEFAULT_PROMPT, "The prompt.")
-NUM_RUNS = flags.DEFINE_integer("num_runs", 5, "Timed runs per method (after one warm-up run).", lower_bound=1)
-N = flags.DEFINE_integer("N", 64, "New tokens per row.", lower_bound=1)
-K = flags.DEFINE_integer("K", 4, "Draft tokens per round.", lower_bound=1)
+INPUT = flags.DEFINE_string("input_str", None, "One prompt of yours (default: --num_prompts held-out prompts).")
+NUM_RUNS = flags.DEFINE_integer("num_runs", 5, "Timed runs per method with --input_str.", lower_bound=1)
+NUM_PROMPTS = flags.DEFINE_integer(
+    "num_prompts", 16, "Held-out prompts, one timed run each per method (without --input_str).", lower_bound=1
+)
+PROMPT_TOKENS = flags.DEFINE_integer("prompt_tokens", 32, "Length of each held-out prompt (tokens).", lower_bound=1)
+N = flags.DEFINE_integer("N", 128, "New tokens per row.", lower_bound=1)
+K = flags.DEFINE_integer(
+    "K", 5, "Draft tokens per round (default: the best measured on the shipped pair).", lower_bound=1
+)
 TEMPERATURE = flags.DEFINE_float("temperature", 0.6, "Sampling temperature; 0 = greedy.", lower_bound=0.0)
 TOP_K = flags.DEFINE_integer("top_k", 0, "Top-k filter; 0 = off.", lower_bound=0)
 TOP_P = flags.DEFINE_float("top_p", 1.0, "Nucleus mass in (0, 1]; 1 = off.")
@@ -43,7 +59,7 @@ DRAFTER = flags.DEFINE_enum(
     "drafter", "model", ["model", "ngram"], "model: --draft_model proposes; ngram: prompt lookup, no draft model."
 )
 NGRAM = flags.DEFINE_integer("max_ngram", 3, "Longest suffix prompt lookup matches (--drafter=ngram).", lower_bound=1)
-VERIFY = flags.DEFINE_enum("verify", "tokenwise", ["tokenwise", "block"], "Verification rule.")
+VERIFY = flags.DEFINE_enum("verify", "block", ["tokenwise", "block"], "Verification rule.")
 METHOD = flags.DEFINE_enum("method", "both", ["both", "speculative", "autoregressive"], "What to run.")
 DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Parameter/compute dtype.")
 VERBOSE = flags.DEFINE_bool("verbose", False, "Show each speculative token's provenance (colour or markers); -v too.")
@@ -56,16 +72,26 @@ def run() -> dict:
     dtype = jnp.float32 if DTYPE.value == "float32" else jnp.bfloat16
     target = jaxspec.load_model(TARGET.value, dtype=dtype)
     tokenizer = jaxspec.load_tokenizer(TARGET.value)
-    prompt = tokenizer(INPUT.value, add_special_tokens=False)["input_ids"]
-    if not prompt:
-        raise ValueError("--input_str encodes to no tokens; give a non-empty prompt.")
-    prompts = np.tile(np.asarray(prompt, np.int32), (BATCH.value, 1))
-    eos = tokenizer.eos_token_id
+    if INPUT.value is not None:
+        prompt = tokenizer(INPUT.value, add_special_tokens=False)["input_ids"]
+        if not prompt:
+            raise ValueError("--input_str encodes to no tokens; give a non-empty prompt.")
+        prompt_set = np.asarray([prompt], np.int32)
+        num_runs = NUM_RUNS.value
+    else:
+        prompt_set = harness.heldout_prompts(tokenizer, NUM_PROMPTS.value, PROMPT_TOKENS.value)
+        num_runs = NUM_PROMPTS.value
+
+    def prompts(seed: int) -> np.ndarray:
+        """Run `seed`'s prompt (warm-up seeds reuse prompt 0) as a batch of copies."""
+        row = prompt_set[seed % len(prompt_set)] if seed < num_runs else prompt_set[0]
+        return np.tile(row, (BATCH.value, 1))
+
     settings = dict(temperature=TEMPERATURE.value, top_k=TOP_K.value, top_p=TOP_P.value)
     methods = {}
     if METHOD.value in ("both", "autoregressive"):
         methods["autoregressive"] = lambda seed: jaxspec.autoregressive_sample(
-            target, prompts, key=jax.random.key(SEED.value + seed), max_new_tokens=N.value, **settings
+            target, prompts(seed), key=jax.random.key(SEED.value + seed), max_new_tokens=N.value, **settings
         )
     draft = None
     if METHOD.value in ("both", "speculative"):
@@ -76,27 +102,28 @@ def run() -> dict:
         methods["speculative"] = lambda seed: jaxspec.speculative_sample(
             target,
             draft,
-            prompts,
+            prompts(seed),
             key=jax.random.key(SEED.value + seed),
             max_new_tokens=N.value,
             num_draft_tokens=K.value,
             verify=VERIFY.value,
             **settings,
         )
-    del eos  # generation runs to N tokens so every run does the same work
-    timings = harness.time_interleaved(methods, NUM_RUNS.value)
+    # No EOS: generation runs to N tokens so every run does the same work.
+    timings, results = harness.time_interleaved(methods, num_runs, keep_results=True)
     report = dict(
         target_model=TARGET.value,
         draft_model=(DRAFT.value if DRAFTER.value == "model" else f"prompt lookup (max_ngram {NGRAM.value})")
         if draft is not None
         else None,
         verify=VERIFY.value,
-        prompt=INPUT.value,
-        prompt_tokens=len(prompt),
+        prompt=tokenizer.decode(prompt_set[0]),
+        prompts="input_str" if INPUT.value is not None else f"{len(prompt_set)} held-out prompts",
+        prompt_tokens=int(prompt_set.shape[1]),
         N=N.value,
         K=K.value,
         batch_size=BATCH.value,
-        num_runs=NUM_RUNS.value,
+        num_runs=num_runs,
         device=str(jax.devices()[0]),
         dtype=DTYPE.value,
         methods={},
@@ -105,7 +132,7 @@ def run() -> dict:
     ar_mean = None
     for name, t in timings.items():
         mean, std = harness.mean_std(t["times_s"])
-        result = t["result"]
+        result = results[name][0]  # the first prompt's run: its text is shown
         generated = int(np.asarray(result.lengths).sum())
         entry = dict(
             mean_s=mean,
@@ -120,15 +147,21 @@ def run() -> dict:
         if name == "autoregressive":
             ar_mean = mean
         else:
-            entry.update(
-                acceptance_rate=float(np.mean(np.asarray(result.acceptance_rate))),
-                tokens_per_target_call=float(np.mean(np.asarray(result.tokens_per_round))),
-            )
+            entry.update(speculative_counts(results[name]))
         report["methods"][name] = entry
-    for entry in report["methods"].values():
-        entry["speedup"] = ar_mean / entry["mean_s"] if ar_mean else None
+    for name, entry in report["methods"].items():
+        entry["speedup"] = None
+        if ar_mean:
+            # Paired per run: the same prompt (and batch) decoded by both methods.
+            ratios = np.asarray(timings["autoregressive"]["times_s"]) / np.asarray(timings[name]["times_s"])
+            entry.update(
+                speedup=float(np.median(ratios)),
+                speedup_mean=float(np.mean(ratios)),
+                speedup_se=float(np.std(ratios, ddof=1) / np.sqrt(len(ratios))) if len(ratios) > 1 else 0.0,
+                speedups=ratios.tolist(),
+            )
     if VERBOSE.value and "speculative" in timings:
-        result = timings["speculative"]["result"]
+        result = results["speculative"][0]
         n = int(result.lengths[0])
         report["verbose_text"] = harness.render_provenance(
             tokenizer, np.asarray(result.tokens)[0, :n], np.asarray(result.provenance)[0, :n], color=False
@@ -139,12 +172,31 @@ def run() -> dict:
     return report
 
 
+def speculative_counts(results: list) -> dict:
+    """Acceptance figures summed over every timed run (all prompts, all rows)."""
+    total = lambda field: int(sum(np.asarray(getattr(r, field)).sum() for r in results))
+    histogram = sum(np.asarray(r.round_histogram).sum(axis=0) for r in results)  # [K + 1]
+    rounds, accepted, drafted, generated = (total(f) for f in ("num_rounds", "num_accepted", "num_drafted", "lengths"))
+    rejections = rounds - int(histogram[-1])
+    return dict(
+        acceptance_rate=accepted / max(drafted, 1),
+        alpha_per_draft=accepted / max(accepted + rejections, 1),
+        acceptance_by_position=costs.acceptance_by_position(histogram),
+        tokens_per_target_call=generated / max(rounds, 1),
+        rounds=rounds,
+        accepted=accepted,
+        rejections=rejections,
+        drafted=drafted,
+    )
+
+
 def print_report(report: dict) -> None:
     print(
         f"target {report['target_model']}  draft {report['draft_model']}  device {report['device']} ({report['dtype']})"
     )
     print(
-        f"prompt {report['prompt_tokens']} tokens, N={report['N']}, K={report['K']}, batch {report['batch_size']}, "
+        f"{report['prompts']} of {report['prompt_tokens']} tokens, N={report['N']}, K={report['K']}, "
+        f"batch {report['batch_size']}, "
         f"temperature {report['temperature']}, top_k {report['top_k']}, top_p {report['top_p']}, "
         f"{report['verify']} verification"
     )
@@ -157,8 +209,9 @@ def print_report(report: dict) -> None:
                 time=f"{e['mean_s'] * 1000:.1f} ± {e['std_s'] * 1000:.1f} ms",
                 tps=f"{e['tokens_per_s']:.0f}",
                 mspt=f"{e['ms_per_token']:.2f}",
-                speedup=f"{e['speedup']:.2f}x" if e["speedup"] else "-",
+                speedup=f"{e['speedup']:.2f}x ± {e['speedup_se']:.2f}" if e["speedup"] else "-",
                 acc=f"{e['acceptance_rate']:.3f}" if "acceptance_rate" in e else "-",
+                alpha=f"{e['alpha_per_draft']:.3f}" if "alpha_per_draft" in e else "-",
                 tpc=f"{e['tokens_per_target_call']:.2f}" if "tokens_per_target_call" in e else "1.00",
                 compile=f"{e['compile_and_first_s']:.1f} s",
             )
@@ -172,15 +225,23 @@ def print_report(report: dict) -> None:
                 ("time", "time (mean ± std)"),
                 ("tps", "tokens/s"),
                 ("mspt", "ms/token"),
-                ("speedup", "speedup"),
+                ("speedup", "speedup (median ± se)"),
                 ("acc", "acceptance"),
+                ("alpha", "alpha per draft"),
                 ("tpc", "tokens/target call"),
                 ("compile", "warm-up (compile)"),
             ],
         )
     )
     for name, e in report["methods"].items():
-        print(f"\n--- {name} (row 0) ---\n{report['prompt']}{e['text']}")
+        if "acceptance_by_position" in e:
+            by_position = ", ".join(f"{a:.2f}" for a in e["acceptance_by_position"])
+            print(
+                f"{name}: acceptance by draft position [{by_position}]; {e['accepted']} accepted, "
+                f"{e['rejections']} rejections in {e['rounds']} rounds"
+            )
+    for name, e in report["methods"].items():
+        print(f"\n--- {name} (first prompt, row 0) ---\n{report['prompt']}{e['text']}")
     if "_verbose_render" in report:
         color = sys.stdout.isatty()
         print("\n--- speculative, by provenance ---")

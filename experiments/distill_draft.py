@@ -62,7 +62,7 @@ from jaxspec.sampling.processing import SamplingConfig, processed_logprobs  # no
 DIVERGENCES = ("fkl", "rkl", "tv")
 
 TARGET = flags.DEFINE_string("target_model", harness.DEFAULT_TARGET, "Target (teacher) folder or hub id; frozen.")
-DRAFT = flags.DEFINE_string("draft_model", harness.DEFAULT_DRAFT, "Draft folder or hub id; distillation starts here.")
+DRAFT = flags.DEFINE_string("draft_model", harness.PLAIN_DRAFT, "Draft folder or hub id; distillation starts here.")
 OUT_DIR = flags.DEFINE_string(
     "out_dir", os.path.join(harness.REPO, "checkpoints", "gpt2-draft-distilled"), "Where the distilled draft goes."
 )
@@ -243,17 +243,7 @@ class PromptSource:
         raise ValueError(f"too few training files with >= {self.length} tokens; lower --prompt_tokens")
 
 
-def heldout_prompts(tokenizer, count: int, length: int) -> np.ndarray:
-    """`count` prompts of `length` tokens, from the starts of distinct held-out files (as benchmark.py)."""
-    _, heldout = training.split_files(training.python_files())
-    prompts = []
-    for path in heldout:
-        ids = tokenizer(training.read_texts([path])[0], add_special_tokens=False)["input_ids"]
-        if len(ids) >= length:
-            prompts.append(ids[:length])
-            if len(prompts) == count:
-                return np.asarray(prompts, np.int32)
-    raise ValueError(f"only {len(prompts)} held-out files have >= {length} tokens; lower --prompt_tokens or counts")
+heldout_prompts = harness.heldout_prompts
 
 
 def make_generator(target: Model, prompt_len: int, gen_tokens: int, config: SamplingConfig):
@@ -480,6 +470,9 @@ def _model_card(draft: Model, report: dict, rows: list[dict]) -> str:
         f"- Held-out on-policy ({h['sequences']} sequences at T={report['temperature']:g}): {report['divergence']} "
         f"{h['divergence_before']:.4f} -> **{h['divergence_after']:.4f}**, TV {h['tv_before']:.4f} -> "
         f"**{h['tv_after']:.4f}**.",
+        f"- Held-out loss on Python text (the windows `train_pair.py` reports): target "
+        f"{report['heldout_loss']['target']:.3f}, draft {report['heldout_loss']['before']:.3f} before and "
+        f"**{report['heldout_loss']['after']:.3f}** after distillation (nats/token).",
         "",
         f"Held-out speculative sampling against the same target (K={EVAL_K.value}, N={EVAL_N.value}, batch 1, "
         f"{rows[0]['prompts'] if rows else 0} held-out prompts):",
@@ -493,6 +486,18 @@ def _model_card(draft: Model, report: dict, rows: list[dict]) -> str:
         for r in rows
     ]
     return "\n".join(lines) + "\n"
+
+
+def _record_in_training_summary(out: str, heldout_loss: float, command: str) -> None:
+    """Adds the distilled draft's held-out loss to the shipped pair's training_summary.json, when there is one."""
+    path = os.path.join(os.path.dirname(os.path.normpath(out)), "training_summary.json")
+    if not os.path.exists(path):
+        return
+    with open(path) as fh:
+        summary = json.load(fh)
+    summary["models"][os.path.basename(os.path.normpath(out))] = dict(heldout_loss=heldout_loss, command=command)
+    with open(path, "w") as fh:
+        json.dump(summary, fh, indent=2)
 
 
 def _save(draft: Model, out: str, report: dict, rows: list[dict]) -> None:
@@ -541,6 +546,18 @@ def run() -> None:
     )
     distilled, dist_report = distill(target, draft, prompts, heldout, key)
     rows = evaluate_speed(target, {"before": draft, "after": distilled}, eval_prompts[: EVAL_PROMPTS.value])
+    # Held-out language-modelling loss on the windows train_pair.py reports (the model cards' table).
+    _, heldout_files = training.split_files(training.python_files())
+    heldout_stream = training.encode(tokenizer, training.read_texts(heldout_files))
+    context = min(256, draft.max_positions)
+    lm_loss = {
+        name: training.heldout_loss(model, heldout_stream, context)
+        for name, model in (("target", target), ("before", draft), ("after", distilled))
+    }
+    _log(
+        f"held-out loss (nats/token): target {lm_loss['target']:.3f}, draft {lm_loss['before']:.3f} -> "
+        f"{lm_loss['after']:.3f} distilled"
+    )
     report = dict(
         command="python " + " ".join(sys.argv),
         target_model=TARGET.value,
@@ -558,10 +575,12 @@ def run() -> None:
         seed=SEED.value,
         out_dir=OUT_DIR.value,
         distillation=dist_report,
+        heldout_loss=lm_loss,
         eval=rows,
         device=str(jax.devices()[0]),
     )
     _save(distilled, OUT_DIR.value, report, rows)
+    _record_in_training_summary(OUT_DIR.value, lm_loss["after"], report["command"])
     again = jaxspec.load_model(OUT_DIR.value)  # the folder round-trips (fp16 storage)
     _log(f"saved {OUT_DIR.value} ({again.num_params() / 1e6:.2f}M params)")
     columns = [

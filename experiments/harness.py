@@ -21,7 +21,8 @@ from jaxspec.generation.common import ACCEPTED_DRAFT, BONUS, RESAMPLED
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_TARGET = os.path.join(REPO, "checkpoints", "gpt2-target")
-DEFAULT_DRAFT = os.path.join(REPO, "checkpoints", "gpt2-draft")
+DEFAULT_DRAFT = os.path.join(REPO, "checkpoints", "gpt2-draft-distilled")
+PLAIN_DRAFT = os.path.join(REPO, "checkpoints", "gpt2-draft")
 DEFAULT_PROMPT = "import os\nimport sys\n\n\ndef main(argv):\n    "
 
 # Architectures of the Hugging Face checkpoints (config.json fields), for size modes
@@ -62,19 +63,44 @@ HF_SIZES = {
 }
 
 
+def heldout_prompts(tokenizer, count: int, length: int) -> np.ndarray:
+    """int32 [count, length]: the first `length` tokens of `count` distinct held-out files.
+
+    The held-out files are those `train_pair.py` never trained on (the
+    interpreter's standard library, split by path hash).
+    """
+    import training  # experiments/training.py; kept lazy (it imports optax)
+
+    _, heldout = training.split_files(training.python_files())
+    prompts = []
+    for text in training.read_texts(heldout):
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) >= length:
+            prompts.append(ids[:length])
+        if len(prompts) == count:
+            break
+    if len(prompts) < count:
+        raise ValueError(f"only {len(prompts)} held-out files have {length} tokens; ask for fewer or shorter prompts.")
+    return np.asarray(prompts, np.int32)
+
+
 def block(tree):
     return jax.block_until_ready(tree)
 
 
-def time_interleaved(methods: dict[str, Callable[[int], Any]], num_runs: int, warmup: int = 1) -> dict[str, dict]:
+def time_interleaved(
+    methods: dict[str, Callable[[int], Any]], num_runs: int, warmup: int = 1, keep_results: bool = False
+):
     """Times each method `num_runs` times, interleaving methods run by run.
 
     Each call gets its own seed (fresh PRNG key; every call also builds fresh
     caches inside), so no run reuses another's state. The first `warmup`
-    calls of each method (compilation included) are timed separately.
+    calls of each method (compilation included) are timed separately, with
+    seeds 10_000, 10_001, ...; timed run i uses seed i.
 
     Returns:
-      {name: {"compile_and_first_s", "times_s": [...], "result": last result}}
+      {name: {"compile_and_first_s", "times_s": [...], "result": last result}},
+      and with keep_results also {name: [result of each timed run]}.
     """
     out = {name: {"times_s": []} for name in methods}
     for name, fn in methods.items():
@@ -82,12 +108,15 @@ def time_interleaved(methods: dict[str, Callable[[int], Any]], num_runs: int, wa
         for w in range(warmup):
             out[name]["result"] = block(fn(10_000 + w))
         out[name]["compile_and_first_s"] = time.perf_counter() - start
+    results = {name: [] for name in methods}
     for run in range(num_runs):
         for name, fn in methods.items():
             start = time.perf_counter()
             out[name]["result"] = block(fn(run))
             out[name]["times_s"].append(time.perf_counter() - start)
-    return out
+            if keep_results:
+                results[name].append(out[name]["result"])
+    return (out, results) if keep_results else out
 
 
 def mean_std(xs: list[float]) -> tuple[float, float]:

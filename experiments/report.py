@@ -46,7 +46,7 @@ def _table(header: list[str], rows: list[list]) -> str:
 
 def compare_section() -> str | None:
     out = []
-    for name in ("compare.json", "compare_block.json"):
+    for name in ("compare.json", "compare_greedy.json", "compare_tokenwise.json", "compare_block.json"):
         d = _load("compare", name)
         if d is None:
             continue
@@ -58,15 +58,30 @@ def compare_section() -> str | None:
                     f"{1000 * e['mean_s']:.1f} ± {1000 * e['std_s']:.1f} ms",
                     f"{e['tokens_per_s']:.0f}",
                     f"{e['ms_per_token']:.2f}",
-                    f"{e['speedup']:.2f}x",
+                    f"{e['speedup']:.2f}x" + (f" ± {e['speedup_se']:.2f}" if "speedup_se" in e else ""),
                     f"{e['acceptance_rate']:.3f}" if "acceptance_rate" in e else "-",
+                    f"{e['alpha_per_draft']:.3f}" if "alpha_per_draft" in e else "-",
                     f"{e.get('tokens_per_target_call', 1.0):.2f}",
                 ]
             )
+        draft = os.path.basename(str(d.get("draft_model") or "-"))
         out.append(
-            f"`{d['verify']}` verification, N={d['N']}, K={d['K']}, T={d['temperature']:g}, batch {d['batch_size']}, "
-            f"{d['num_runs']} runs after a warm-up ({d['device']}, {d['dtype']}):\n\n"
-            + _table(["method", "time", "tokens/s", "ms/token", "speedup", "acceptance", "tokens/target call"], rows)
+            f"`{d['verify']}` verification, draft `{draft}`, N={d['N']}, K={d['K']}, T={d['temperature']:g}, "
+            f"batch {d['batch_size']}, {d.get('prompts', 'one prompt')}, {d['num_runs']} runs per method after a "
+            f"warm-up ({d['device']}, {d['dtype']}); speedup = median of per-run ratios ± standard error:\n\n"
+            + _table(
+                [
+                    "method",
+                    "time",
+                    "tokens/s",
+                    "ms/token",
+                    "speedup",
+                    "accepted/drafted",
+                    "alpha per draft",
+                    "tokens/target call",
+                ],
+                rows,
+            )
         )
     return "\n\n".join(out) or None
 
@@ -97,9 +112,9 @@ def vs_transformers_section() -> str | None:
     )
 
 
-def sweep_section() -> str | None:
+def sweep_section(folder: str = "benchmark") -> str | None:
     """Batch 1 in full, then the best cell of every (batch, temperature); the CSV has all rows."""
-    d = _load("benchmark", "sweep.json")
+    d = _load(folder, "sweep.json")
     if d is None:
         return None
 
@@ -111,12 +126,22 @@ def sweep_section() -> str | None:
             r["verify"],
             f"{r['alpha']:.3f}",
             f"{r['tokens_per_round']:.2f}",
-            f"{r['speedup']:.2f}x",
+            f"{r['speedup']:.2f}x" + (f" ± {r['speedup_se']:.2f}" if "speedup_se" in r else ""),
             f"{r['predicted_speedup']:.2f}x",
             f"{r['efficiency']:.2f}",
         ]
 
-    header = ["batch", "T", "K", "verify", "α", "tokens/round", "speedup", "predicted", "efficiency"]
+    header = [
+        "batch",
+        "T",
+        "K",
+        "verify",
+        "α per draft",
+        "tokens/round",
+        "speedup (median ± se)",
+        "predicted",
+        "efficiency",
+    ]
     ordered = sorted(d["rows"], key=lambda r: (r["batch_size"], r["temperature"], r["K"], r["verify"]))
     cells = {}
     for r in ordered:
@@ -124,8 +149,9 @@ def sweep_section() -> str | None:
         if key not in cells or r["speedup"] > cells[key]["speedup"]:
             cells[key] = r
     costs = "; ".join(
-        f"batch {b}: target step {c['target_step_ms']:.2f} ms, draft step {c['draft_step_ms']:.2f} ms, "
-        f"verify K=4 {c['verify_ms']['4']:.2f} ms"
+        f"batch {b}: target step {c['target_step_ms']:.2f} ms, draft step {c['draft_step_ms']:.2f} ms"
+        + (f" (2-token first step {c['draft_first_ms']:.2f} ms)" if "draft_first_ms" in c else "")
+        + f", verify K=4 {c['verify_ms']['4']:.2f} ms"
         for b, c in d["costs"].items()
         if "4" in c["verify_ms"]
     )
@@ -310,10 +336,61 @@ def load_test_section() -> str | None:
     )
 
 
+def settings_ab_section() -> str | None:
+    """Before/after of the sampler (ab_versions.py): tokens/s of both versions, interleaved in one process."""
+    d = _load("ab_sampler", "ab.json")
+    if d is None:
+        return None
+    rows = [
+        [
+            r["setting"],
+            r["loop"],
+            f"{r['baseline_tokens_per_s']:.0f}",
+            f"{r['this_tokens_per_s']:.0f}",
+            f"{r['ratio']:.2f}",
+        ]
+        for r in d["rows"]
+    ]
+    return (
+        f"`{d['command']}`: baseline = commit {d['baseline_commit']}, N={d['N']}, K={d['K']}, {d['verify']} "
+        f"verification, batch 1, median of {d['num_runs']} runs (each a held-out prompt), both versions interleaved "
+        f"in one process ({d['device']}); settings are temperature:top_k:top_p.\n\n"
+        + _table(["setting", "loop", "before tokens/s", "after tokens/s", "after / before"], rows)
+    )
+
+
+def settings_section() -> str | None:
+    """What top-k / top-p cost (benchmark.py --mode settings)."""
+    d = _load("settings", "settings.json")
+    if d is None:
+        return None
+    rows = [
+        [
+            r["setting"],
+            f"{r['ar_tokens_per_s']:.0f}",
+            f"{r['spec_tokens_per_s']:.0f}",
+            f"{r['ar_vs_baseline']:.2f}",
+            f"{r['spec_vs_baseline']:.2f}",
+            f"{r['spec_over_ar']:.2f}",
+            f"{r.get('spec_tokens_per_round', float('nan')):.2f}",
+            f"{r.get('spec_ms_per_round', float('nan')):.2f}",
+        ]
+        for r in d["rows"]
+    ]
+    header = ["setting", "AR tok/s", "spec tok/s", "AR vs first", "spec vs first", "spec/AR", "tok/round", "ms/round"]
+    return (
+        f"`{d['command']}` (N={d['N']}, K={d['K']}, {d['verify']}, batch 1, median of {d['num_runs']} runs):\n\n"
+        + _table(header, rows)
+    )
+
+
 SECTIONS = {
     "Comparison (compare.py)": compare_section,
+    "Sweep at batch 1 on the current pair (benchmark.py)": lambda: sweep_section("benchmark_b1"),
+    "Sampler before/after (ab_versions.py)": settings_ab_section,
+    "Cost of top-k / top-p (benchmark.py --mode settings)": settings_section,
     "Against transformers (vs_transformers.py)": vs_transformers_section,
-    "Sweep (benchmark.py)": sweep_section,
+    "Sweep (benchmark.py; previous pair)": sweep_section,
     "Block vs token-wise in the sweep's timing cells (benchmark.py)": block_vs_tokenwise_section,
     "Block vs token-wise with power (benchmark.py --mode acceptance)": acceptance_section,
     "Prompt lookup (benchmark.py --mode ngram)": ngram_section,

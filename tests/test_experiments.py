@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import jaxspec
@@ -88,6 +89,50 @@ def test_compare_end_to_end(tiny_pair, tmp_path):
     assert "### Sweep" not in proc.stdout  # absent results are skipped, not invented
 
 
+def test_compare_on_heldout_prompts_pairs_runs_and_reports_alpha(tiny_pair, tmp_path):
+    out = tmp_path / "c.json"
+    proc = _run(
+        "compare.py",
+        f"--target_model={tiny_pair['target']}",
+        f"--draft_model={tiny_pair['draft']}",
+        "--num_prompts=3",
+        "--prompt_tokens=8",
+        "--N=6",
+        "--K=2",
+        "--temperature=1",
+        f"--output_json={out}",
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "3 held-out prompts of 8 tokens" in proc.stdout and "acceptance by draft position" in proc.stdout
+    report = json.loads(out.read_text())
+    spec = report["methods"]["speculative"]
+    assert report["num_runs"] == 3 and len(spec["speedups"]) == 3
+    assert spec["speedup"] == pytest.approx(float(np.median(spec["speedups"])))
+    assert spec["speedup_se"] >= 0 and len(spec["acceptance_by_position"]) == 2
+    # alpha per draft ignores the drafts never judged, so it is >= accepted / drafted.
+    assert spec["acceptance_rate"] <= spec["alpha_per_draft"] <= 1
+    assert spec["accepted"] + spec["rejections"] >= spec["rounds"]
+
+
+def test_benchmark_settings_mode(tiny_pair, tmp_path):
+    proc = _run(
+        "benchmark.py",
+        "--mode=settings",
+        f"--target_model={tiny_pair['target']}",
+        f"--draft_model={tiny_pair['draft']}",
+        "--settings=0.6:0:1,0.6:5:0.9",
+        "--settings_K=2",
+        "--N=6",
+        "--num_runs=2",
+        "--prompt_tokens=8",
+        f"--out_dir={tmp_path}",
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads((tmp_path / "settings.json").read_text())["rows"]
+    assert [r["setting"] for r in rows] == ["0.6:0:1", "0.6:5:0.9"]
+    assert rows[0]["ar_vs_baseline"] == 1.0 and all(r["spec_tokens_per_s"] > 0 for r in rows)
+
+
 def test_compare_ngram_drafter_with_block_verification(tiny_pair, tmp_path):
     out = tmp_path / "c.json"
     proc = _run(
@@ -160,6 +205,7 @@ def test_benchmark_sweep_end_to_end(tiny_pair, tmp_path):
     assert {r["verify"] for r in report["rows"]} == {"tokenwise", "block"}
     for row in report["rows"]:
         assert 0 <= row["alpha"] <= 1 and row["predicted_speedup"] > 0 and row["efficiency"] > 0
+        assert row["round_overhead_ms"] >= 0 and len(row["acceptance_by_position"]) == row["K"]
     assert (tmp_path / "speedup.png").stat().st_size > 1000
     assert (tmp_path / "acceptance.png").stat().st_size > 1000
     assert (tmp_path / "sweep.csv").exists()
