@@ -104,12 +104,8 @@ call_cost_ms = costs.call_cost_ms
 
 def _sweep_row(timing: dict, results: list, ar: dict, loop: costs.LoopCosts, b: int, t: float, k: int, v: str) -> dict:
     """One sweep cell: acceptance, measured speedup (paired per prompt) and the speedup the costs predict."""
-    total = lambda field: float(sum(np.asarray(getattr(r, field)).sum() for r in results))
-    histogram = sum(np.asarray(r.round_histogram).sum(axis=0) for r in results)
-    accepted, rounds = total("num_accepted"), total("num_rounds")
-    rejections = rounds - float(histogram[-1])
-    alpha = accepted / max(accepted + rejections, 1.0)
-    tokens_per_round = total("lengths") / rounds
+    counts = costs.acceptance_summary(results)
+    alpha, tokens_per_round = counts["alpha_per_draft"], counts["tokens_per_target_call"]
     # The loop runs until its slowest row ends: that is the number of rounds it pays for.
     loop_rounds = float(np.mean([np.max(np.asarray(r.num_rounds)) for r in results]))
     n = int(np.max(np.asarray(results[0].lengths)))
@@ -123,9 +119,9 @@ def _sweep_row(timing: dict, results: list, ar: dict, loop: costs.LoopCosts, b: 
         K=k,
         verify=v,
         alpha=alpha,
-        acceptance_rate=accepted / total("num_drafted"),
-        acceptance_by_position=costs.acceptance_by_position(histogram),
-        accepted_per_round=accepted / rounds,
+        acceptance_rate=counts["acceptance_rate"],
+        acceptance_by_position=counts["acceptance_by_position"],
+        accepted_per_round=counts["accepted"] / counts["rounds"],
         tokens_per_round=tokens_per_round,
         spec_ms=1000 * mean,
         spec_std_ms=1000 * std,

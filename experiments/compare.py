@@ -147,7 +147,7 @@ def run() -> dict:
         if name == "autoregressive":
             ar_mean = mean
         else:
-            entry.update(speculative_counts(results[name]))
+            entry.update(costs.acceptance_summary(results[name]))
         report["methods"][name] = entry
     for name, entry in report["methods"].items():
         entry["speedup"] = None
@@ -170,24 +170,6 @@ def run() -> dict:
             tokenizer, np.asarray(result.tokens)[0, :n], np.asarray(result.provenance)[0, :n]
         )
     return report
-
-
-def speculative_counts(results: list) -> dict:
-    """Acceptance figures summed over every timed run (all prompts, all rows)."""
-    total = lambda field: int(sum(np.asarray(getattr(r, field)).sum() for r in results))
-    histogram = sum(np.asarray(r.round_histogram).sum(axis=0) for r in results)  # [K + 1]
-    rounds, accepted, drafted, generated = (total(f) for f in ("num_rounds", "num_accepted", "num_drafted", "lengths"))
-    rejections = rounds - int(histogram[-1])
-    return dict(
-        acceptance_rate=accepted / max(drafted, 1),
-        alpha_per_draft=accepted / max(accepted + rejections, 1),
-        acceptance_by_position=costs.acceptance_by_position(histogram),
-        tokens_per_target_call=generated / max(rounds, 1),
-        rounds=rounds,
-        accepted=accepted,
-        rejections=rejections,
-        drafted=drafted,
-    )
 
 
 def print_report(report: dict) -> None:

@@ -126,6 +126,27 @@ def acceptance_by_position(histogram: np.ndarray) -> list[float]:
     return (judged[1:] / np.maximum(judged[:-1], 1)).tolist()
 
 
+def acceptance_summary(results: list) -> dict:
+    """Acceptance figures of `SpeculativeResult`s, summed over every run and row (one definition for all scripts).
+
+    Rejections are the rounds that kept fewer than K drafts, as `SpeculativeResult.num_rejections`.
+    """
+    total = lambda field: int(sum(np.asarray(getattr(r, field)).sum() for r in results))
+    histogram = sum(np.asarray(r.round_histogram).sum(axis=0) for r in results)  # [K + 1]
+    rounds, accepted, drafted, generated = (total(f) for f in ("num_rounds", "num_accepted", "num_drafted", "lengths"))
+    rejections = int(histogram[:-1].sum())
+    return dict(
+        acceptance_rate=accepted / max(drafted, 1),
+        alpha_per_draft=accepted / max(accepted + rejections, 1),
+        acceptance_by_position=acceptance_by_position(histogram),
+        tokens_per_target_call=generated / max(rounds, 1),
+        rounds=rounds,
+        accepted=accepted,
+        rejections=rejections,
+        drafted=drafted,
+    )
+
+
 def tokens_per_round_tokenwise(alpha: float, k: int) -> float:
     """Expected tokens per round of token-wise verification with per-draft acceptance alpha."""
     return float(k + 1) if alpha >= 1 else (1 - alpha ** (k + 1)) / (1 - alpha)
