@@ -19,6 +19,7 @@ losses is rewritten.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -49,6 +50,12 @@ MODEL_NAMES = ("gpt2-target", "gpt2-draft", "opt-draft")
 MODELS = flags.DEFINE_multi_enum(
     "models", list(MODEL_NAMES), list(MODEL_NAMES), "Models to (re)train; the others are kept from --out_dir."
 )
+TARGET_INIT = flags.DEFINE_string(
+    "target_init",
+    None,
+    "Continue training the target from this model folder (same shape) instead of a random init; the model card "
+    "and training_summary.json record the run it continued from. Copy the folder elsewhere first if it is --out_dir's.",
+)
 TARGET_LR = flags.DEFINE_float("target_lr", 3e-3, "Peak learning rate of the target.", lower_bound=0.0)
 DRAFT_LR = flags.DEFINE_float("draft_lr", 3e-3, "Peak learning rate of the drafts.", lower_bound=0.0)
 
@@ -71,6 +78,14 @@ def _model_card(name: str, config, report: training.TrainReport, data: dict, com
         f"- Steps: {report.steps} x {data['batch_size']} x {data['context']} tokens = {report.tokens:,} tokens "
         f"in {report.seconds / 60:.1f} min ({report.tokens_per_second:,.0f} tokens/s on 2 CPU cores).",
         f"- Held-out loss: **{report.heldout_loss:.3f} nats/token**; final train loss {report.train_loss:.3f}.",
+    ]
+    for earlier in report.continued_from:
+        lines.append(
+            f"- Continued from an earlier run: {earlier['steps']} steps ({earlier['tokens']:,} tokens, "
+            f"{earlier['seconds'] / 60:.1f} min, held-out loss {earlier['heldout_loss']:.3f}), made by "
+            f"`{earlier['command']}`."
+        )
+    lines += [
         "",
         "Held-out losses of the shipped pair (same held-out windows):",
         "",
@@ -146,6 +161,19 @@ def main(argv):
         ),
     }
     models, reports = {}, {}
+    init, continued_from = None, ()
+    if TARGET_INIT.value:
+        if "gpt2-target" not in selected:
+            raise app.UsageError(f"--target_init={TARGET_INIT.value} needs gpt2-target in --models")
+        init = jaxspec.load_model(TARGET_INIT.value)
+        # The run that made it, as train_pair recorded it beside the folder.
+        init_summary = os.path.join(os.path.dirname(os.path.abspath(TARGET_INIT.value)), "training_summary.json")
+        with open(init_summary) as fh:
+            earlier = json.load(fh)["models"][os.path.basename(os.path.normpath(TARGET_INIT.value))]
+        continued_from = tuple(earlier.get("continued_from", ())) + (
+            {k: earlier[k] for k in ("steps", "tokens", "seconds", "heldout_loss", "command")},
+        )
+        _log(f"target continues from {TARGET_INIT.value} (held-out loss {earlier['heldout_loss']:.3f})")
     for i, (name, (config, minutes, lr)) in enumerate(specs.items()):
         if name not in selected:
             continue
@@ -161,7 +189,10 @@ def main(argv):
             min_steps=MIN_STEPS.value,
             seed=SEED.value + i,
             log=_log,
+            init=init if name == "gpt2-target" else None,
         )
+        if name == "gpt2-target":
+            reports[name] = dataclasses.replace(reports[name], continued_from=continued_from)
         _log(f"{name}: held-out loss {reports[name].heldout_loss:.3f} nats/token")
     command = "python " + " ".join(sys.argv)
     commands = {name: command for name in selected}

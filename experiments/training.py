@@ -127,6 +127,9 @@ class TrainReport:
     tokens_per_second: float
     heldout_loss: float
     train_loss: float
+    # Earlier runs this model continued from (steps, tokens, seconds, held-out loss, command each); empty for a
+    # model trained from its random init.
+    continued_from: tuple = ()
 
 
 def heldout_loss(model: Model, stream: np.ndarray, context: int, windows: int = 64, batch: int = 16) -> float:
@@ -166,6 +169,7 @@ def train(
     seed: int,
     log,
     min_steps: int = 50,
+    init: Model | None = None,
 ) -> tuple[Model, TrainReport]:
     """AdamW + warmup/cosine, with the schedule fitted to the measured throughput.
 
@@ -176,9 +180,17 @@ def train(
     the residual output projections scaled by 1/sqrt(2 * layers), no dropout.
     A log line warns when throughput falls well below the probe's (another
     process on the cores), because the run then gets fewer steps than planned.
+
+    With `init` (a model of the same config), training continues from its
+    weights, cast to float32, with a fresh optimizer state and schedule.
     """
     rng = np.random.default_rng(seed)
-    model = scale_residual_init(init_model(config, jax.random.key(seed)))
+    if init is None:
+        model = scale_residual_init(init_model(config, jax.random.key(seed)))
+    else:
+        if init.config != config:
+            raise ValueError(f"cannot continue training: the init model's config {init.config} differs from {config}")
+        model = init.replace(params=jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), init.params))
 
     def batch():
         starts = rng.integers(0, len(train_stream) - context - 1, batch_size)
