@@ -1,8 +1,10 @@
 """Tests for jaxspec.sampling.processing: exact values, order, ties, validation, sampling."""
 
 import dataclasses
+import functools
 import math
 import re
+from unittest import mock
 
 import chex
 import hypothesis.strategies as st
@@ -13,6 +15,7 @@ import pytest
 from hypothesis import assume, given, settings
 from stats import chi_square_pvalue
 
+from jaxspec.sampling import processing
 from jaxspec.sampling.processing import (
     SamplingConfig,
     processed_logprobs,
@@ -273,6 +276,77 @@ def test_matches_float64_reference(logits, config):
     ref = _reference_logprobs(logits, config.temperature, config.top_k, config.top_p)
     np.testing.assert_array_equal(np.isfinite(out), np.isfinite(ref))
     np.testing.assert_allclose(out[np.isfinite(out)], ref[np.isfinite(ref)], atol=1e-5)
+
+
+@functools.cache
+def _logprobs_with_candidates(candidates):
+    """`processed_logprobs` compiled with the fast path reading only `candidates` values (traced settings)."""
+
+    def logprobs(logits, params):
+        with mock.patch.object(processing, "_CANDIDATES", candidates):
+            return processed_logprobs(logits, params)
+
+    return jax.jit(logprobs)
+
+
+@pytest.mark.parametrize("candidates", [1, 3])
+@settings(deadline=None, max_examples=60, derandomize=True)
+@given(logits=_logits, config=_configs)
+def test_bisection_fallback_matches_float64_reference(candidates, logits, config):
+    # With 1 or 3 candidates the fast path rarely settles top-k / top-p on its
+    # own, so these cases run the bisection fallback (alone or beside rows
+    # the candidates settle) at the widths above.
+    assume(not _near_top_p_boundary(logits, config))
+    out = np.asarray(_logprobs_with_candidates(candidates)(logits, config.as_params()))
+    ref = _reference_logprobs(logits, config.temperature, config.top_k, config.top_p)
+    np.testing.assert_array_equal(np.isfinite(out), np.isfinite(ref))
+    np.testing.assert_allclose(out[np.isfinite(out)], ref[np.isfinite(ref)], atol=1e-5)
+
+
+def _sorted_reference_logprobs(logits, temperature, top_k, top_p):
+    """float64 reference for large vocabularies (one sort, groups of tied values).
+
+    Returns:
+      (log-probabilities, distance of the closest cumulative group mass to top_p).
+    """
+    x = np.asarray(logits, np.float64) / temperature
+    values, group = np.unique(-x, return_inverse=True)  # groups by value, highest first
+    counts = np.bincount(group)
+    if 0 < top_k < x.size:
+        kept_groups = np.cumsum(counts) - counts < top_k  # groups that start within the top k
+        x = np.where(kept_groups[group], x, -np.inf)
+    closest = np.inf
+    if top_p < 1.0:
+        probs = np.exp(_log_softmax64(x))
+        cum = np.cumsum(np.bincount(group, weights=probs))
+        closest = np.min(np.abs(cum - top_p))
+        before = cum - np.bincount(group, weights=probs)
+        x = np.where((before < top_p)[group], x, -np.inf)
+    return _log_softmax64(x), closest
+
+
+@pytest.mark.parametrize(
+    "temperature, top_k, top_p",
+    [(1.0, 0, 0.9), (1.0, 1000, 1.0), (1.0, 1000, 0.95), (0.7, 300, 0.5), (1.0, 50, 0.999)],
+)
+def test_filters_at_gpt2_vocabulary_match_float64_reference(temperature, top_k, top_p):
+    # A flat law over 50,257 ids: the nucleus and k > 256 lie far beyond the
+    # 256 candidates of the fast path, so the exact fallback decides; a row
+    # the candidates settle shares the batch with one they do not.
+    # The first seed whose laws have no cumulative mass within rounding of top_p.
+    for seed in range(100):
+        flat = np.random.default_rng(seed).standard_normal(50_257).astype(np.float32)
+        peaked = flat.copy()
+        peaked[:10] += 12.0
+        logits = np.stack([flat, peaked])
+        refs = [_sorted_reference_logprobs(row, temperature, top_k, top_p) for row in logits]
+        if all(closest > 1e-5 for _, closest in refs):
+            break
+    config = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p)
+    out = np.asarray(jax.jit(processed_logprobs, static_argnums=1)(logits, config))
+    for row, (ref, _) in enumerate(refs):
+        np.testing.assert_array_equal(np.isfinite(out[row]), np.isfinite(ref))
+        np.testing.assert_allclose(out[row][np.isfinite(ref)], ref[np.isfinite(ref)], atol=1e-5)
 
 
 @settings(deadline=None, max_examples=100, derandomize=True)

@@ -306,24 +306,19 @@ def _top_p_threshold_by_bisection(x: jax.Array, top_p: jax.Array) -> jax.Array:
     return jnp.where(active, threshold, -jnp.inf)
 
 
-def _threshold_by_bisection(x: jax.Array, top_k: jax.Array, top_p: jax.Array) -> jax.Array:
-    """[..., 1] the top-k then top-p threshold, exactly, for any k and nucleus size (32 passes each)."""
-    threshold_k = _top_k_threshold_by_bisection(x, top_k)
-    x_k = jnp.where(x >= threshold_k, x, -jnp.inf)
-    return jnp.maximum(threshold_k, _top_p_threshold_by_bisection(x_k, top_p))
-
-
 # Candidates read by the fast path of the filters: the top-k threshold of any
 # k <= 256 and every nucleus that closes within the 256 most likely tokens.
 _CANDIDATES = 256
 
 
-def _threshold_by_candidates(x: jax.Array, top_k: jax.Array, top_p: jax.Array) -> tuple[jax.Array, jax.Array]:
+def _threshold_by_candidates(x: jax.Array, top_k: jax.Array, top_p: jax.Array):
     """top-k then top-p threshold from the sorted top `_CANDIDATES` values of each row.
 
     Returns:
-      (threshold [..., 1], ok [..., 1]): ok is False for rows whose top-k
-      threshold or nucleus lies beyond the candidates (their threshold is wrong).
+      (threshold_k, threshold, k_ok, ok), each [..., 1]: the top-k threshold
+      (-inf where top-k is off), the top-k-then-top-p threshold, and whether
+      each is right: k_ok is False for rows whose k exceeds the candidates, ok
+      also for rows whose nucleus does not close within them.
     """
     vocab = x.shape[-1]
     count = min(_CANDIDATES, vocab)
@@ -342,19 +337,32 @@ def _threshold_by_candidates(x: jax.Array, top_k: jax.Array, top_p: jax.Array) -
     p = jnp.maximum(top_p, jnp.float32(MIN_TEMPERATURE))
     smallest_kept = jnp.min(jnp.where(mass_before < p, top_desc, jnp.inf), axis=-1, keepdims=True)
     threshold_p = jnp.where(p_active, smallest_kept, -jnp.inf)
-    ok = (~k_active | (top_k <= count)) & (~p_active | (cum_desc[..., -1:] >= p))
-    return jnp.maximum(threshold_k, threshold_p), ok
+    k_ok = ~k_active | (top_k <= count)
+    ok = k_ok & (~p_active | (cum_desc[..., -1:] >= p))
+    return threshold_k, jnp.maximum(threshold_k, threshold_p), k_ok, ok
 
 
 def _filter(x: jax.Array, top_k: jax.Array, top_p: jax.Array) -> jax.Array:
-    """top-k then top-p per row: thresholds from the candidates when they suffice, else by bisection."""
-    threshold, ok = _threshold_by_candidates(x, top_k, top_p)
-    threshold = jax.lax.cond(
-        jnp.all(ok),
-        lambda x: threshold,
-        lambda x: jnp.where(ok, threshold, _threshold_by_bisection(x, top_k, top_p)),
-        x,
-    )
+    """top-k then top-p per row: thresholds from the candidates when they suffice, else by bisection.
+
+    The fallback bisects only what the candidates could not settle: the
+    top-k threshold only when some row's k exceeds them (32 passes), then the
+    nucleus (32 passes), kept for the rows whose mass did not close within them.
+    """
+    threshold_k, threshold, k_ok, ok = _threshold_by_candidates(x, top_k, top_p)
+
+    def beyond_candidates(x):
+        exact_k = jax.lax.cond(
+            jnp.all(k_ok),
+            lambda x: threshold_k,
+            lambda x: jnp.where(k_ok, threshold_k, _top_k_threshold_by_bisection(x, top_k)),
+            x,
+        )
+        x_k = jnp.where(x >= exact_k, x, -jnp.inf)
+        exact = jnp.maximum(exact_k, _top_p_threshold_by_bisection(x_k, top_p))
+        return jnp.where(ok, threshold, exact)
+
+    threshold = jax.lax.cond(jnp.all(ok), lambda x: threshold, beyond_candidates, x)
     return jnp.where(x >= threshold, x, -jnp.inf)
 
 
