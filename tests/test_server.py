@@ -64,8 +64,7 @@ def get(base, path):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    sys.path.insert(0, EXPERIMENTS)
-    import training
+    from jaxspec import training
 
     jax.config.update("jax_disable_most_optimizations", True)  # tiny models: compile time dominates
     texts = ["def f(x):\n    return x + 1\n", "import os\nprint(os.getcwd())\n", "def g(y):\n    return y * 2\n"] * 20
@@ -143,28 +142,6 @@ def test_completions_greedy(server):
     assert 0 <= spec["acceptance_rate"] <= 1 and spec["accepted"] <= spec["drafted"]
     assert spec["drafted"] % 3 == 0 and spec["tokens_per_target_call"] >= 1
     assert out["timing"]["batch_size"] == 2 and out["timing"]["generate_ms"] > 0
-
-
-def test_rows_cut_to_max_tokens_count_only_what_they_keep():
-    from jaxspec.generation.common import ACCEPTED_DRAFT as A
-    from jaxspec.generation.common import BONUS as B
-    from jaxspec.generation.common import RESAMPLED as R
-
-    engine = serving.Engine(None, None, num_draft_tokens=3, eos_token_id=9, buckets=serving.Buckets((4,), (2,), (8,)))
-    # Row 0: rounds [A A R] [A A A B] [A]; row 1: [A R] then EOS (9) as an accepted draft, 3 tokens generated.
-    out = dict(
-        tokens=np.array([[1, 2, 3, 4, 5, 6, 7, 8], [1, 2, 9, 0, 0, 0, 0, 0]]),
-        lengths=np.array([8, 3]),
-        provenance=np.array([[A, A, R, A, A, A, B, A], [A, R, A, 0, 0, 0, 0, 0]]),
-    )
-    cut = engine._choice(out, 0, 5)  # ends inside round 2: 2 target calls
-    assert (cut.token_ids, cut.finish_reason, cut.generated) == ((1, 2, 3, 4, 5), "length", 5)
-    assert (cut.accepted, cut.target_calls, cut.drafted) == (4, 2, 6)
-    whole = engine._choice(out, 0, 8)
-    assert (whole.accepted, whole.target_calls, whole.drafted) == (6, 3, 9)
-    stopped = engine._choice(out, 1, 8)
-    assert (stopped.token_ids, stopped.finish_reason, stopped.generated) == ((1, 2), "stop", 3)
-    assert (stopped.accepted, stopped.target_calls) == (2, 2)
 
 
 def test_stream_sse_format(server):

@@ -63,7 +63,7 @@ def prepare_prompts(prompt_ids: Any, prompt_lengths: Any, vocab_size: int, pad_t
       ValueError: empty prompts, lengths out of range, ids outside the vocabulary,
         a pad_token_id outside the vocabulary.
     """
-    if isinstance(pad_token_id, bool) or not isinstance(pad_token_id, (int, np.integer)):
+    if not is_integer(pad_token_id):
         raise ValueError(f"pad_token_id must be an int, got {pad_token_id!r}.")
     if not 0 <= pad_token_id < vocab_size:
         raise ValueError(
@@ -108,8 +108,62 @@ def prepare_prompts(prompt_ids: Any, prompt_lengths: Any, vocab_size: int, pad_t
     return Prompts(ids=ids.astype(np.int32), lengths=lengths.astype(np.int32))
 
 
+def is_integer(value: Any) -> bool:
+    """A Python or numpy integer, not a bool (an id or count must not be True or 2.0)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def check_int(name: str, value: Any, low: int, high: int, hint: str = "") -> int:
+    """`value` as an int in low..high; `hint` (e.g. " (rows of one batch)") follows the range in messages.
+
+    Raises:
+      ValueError: not an integer (bools and floats refused), or out of range.
+    """
+    if not is_integer(value):
+        raise ValueError(f"{name} must be an integer, got {value!r} ({type(value).__name__}).")
+    if not low <= value <= high:
+        raise ValueError(f"{name} must lie in {low}..{high}{hint}, got {value}.")
+    return int(value)
+
+
+def check_prompt(prompt_ids: Any, vocab_size: int | None, max_length: int | None = None) -> tuple[int, ...]:
+    """One prompt as a tuple of ints: a non-empty 1-D sequence of integer ids in 0..vocab_size - 1.
+
+    Stricter than `prepare_prompts` (which takes arrays): each id must itself be
+    an integer, so a bool or a float is refused rather than converted.
+
+    Args:
+      prompt_ids: a sequence or a 1-D array of token ids.
+      vocab_size: the ids allowed; None allows any int32 id >= 0.
+      max_length: the most tokens allowed (None: no limit).
+
+    Raises:
+      ValueError: naming the bad token, its position and the fix.
+    """
+    if isinstance(prompt_ids, (str, bytes)) or not isinstance(prompt_ids, (Sequence, np.ndarray)):
+        raise ValueError(
+            f"the prompt must be a sequence of token ids, got {type(prompt_ids).__name__}; tokenize it first."
+        )
+    if isinstance(prompt_ids, np.ndarray) and prompt_ids.ndim != 1:
+        raise ValueError(f"the prompt must be one sequence of token ids, got shape {prompt_ids.shape}.")
+    if len(prompt_ids) < 1:
+        raise ValueError("the prompt encodes to no tokens; give a non-empty prompt.")
+    if max_length is not None and len(prompt_ids) > max_length:
+        raise ValueError(f"the prompt is {len(prompt_ids)} tokens, more than the cap of {max_length}; shorten it.")
+    high = np.iinfo(np.int32).max if vocab_size is None else vocab_size - 1
+    for i, token in enumerate(prompt_ids):
+        if not is_integer(token):
+            raise ValueError(f"prompt token {i} is {token!r} ({type(token).__name__}); token ids must be integers.")
+        if not 0 <= token <= high:
+            raise ValueError(
+                f"prompt token {i} is {int(token)}, outside the vocabulary 0..{high}; "
+                "encode the prompt with the model's tokenizer."
+            )
+    return tuple(int(token) for token in prompt_ids)
+
+
 def check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+    if not is_integer(value) or value < 1:
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
     return int(value)
 
@@ -126,7 +180,7 @@ def check_context(model: Model, role: str, needed: int, detail: str) -> None:
 def check_eos(eos_token_id: Any, vocab_size: int) -> int | None:
     if eos_token_id is None:
         return None
-    if isinstance(eos_token_id, bool) or not isinstance(eos_token_id, (int, np.integer)):
+    if not is_integer(eos_token_id):
         raise ValueError(f"eos_token_id must be an int or None, got {eos_token_id!r}.")
     if not 0 <= eos_token_id < vocab_size:
         raise ValueError(f"eos_token_id={eos_token_id} is outside the vocabulary 0..{vocab_size - 1}.")

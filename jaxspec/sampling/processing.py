@@ -48,6 +48,8 @@ from jaxspec.sampling import draws
 __all__ = [
     "SamplingConfig",
     "SamplingParams",
+    "SettingError",
+    "check_settings",
     "processed_logprobs",
     "processed_probs",
     "sample_from_probs",
@@ -61,6 +63,76 @@ MIN_TEMPERATURE = float(np.finfo(np.float32).tiny)
 MAX_TEMPERATURE = float(np.finfo(np.float32).max)
 
 _TEMPERATURE_FIX = "use 0.0 for greedy or a positive float such as 1.0."
+
+
+class SettingError(ValueError):
+    """A sampling setting refused by `check_settings`; `name` is "temperature", "top_k" or "top_p"."""
+
+    def __init__(self, name: str, message: str):
+        super().__init__(message)
+        self.name = name
+
+
+def check_settings(temperature, top_k, top_p, *, prefix: str = "SamplingConfig.") -> tuple[float, int, float]:
+    """The one validation of a (temperature, top_k, top_p) setting; see `SamplingConfig` for the ranges.
+
+    `SamplingConfig`, and through it `sampling_params`, the generation loops and
+    the serving engine, all check settings here.
+
+    Args:
+      temperature, top_k, top_p: one setting (Python or numpy scalars; bools refused).
+      prefix: put before each field's name in messages ("" where the fields are
+        the caller's own parameters, e.g. an HTTP request's).
+
+    Returns:
+      (temperature, top_k, top_p) as Python (float, int, float).
+
+    Raises:
+      SettingError: naming the field, the bad value and the fix.
+    """
+    t = temperature
+    if isinstance(t, bool) or not isinstance(t, numbers.Real):
+        raise SettingError(
+            "temperature",
+            f"{prefix}temperature must be a real number, got {t!r}; {_TEMPERATURE_FIX}",
+        )
+    if math.isnan(t) or math.isinf(t) or t < 0:
+        raise SettingError("temperature", f"{prefix}temperature must be finite and >= 0, got {t!r}; {_TEMPERATURE_FIX}")
+    if t > MAX_TEMPERATURE:
+        raise SettingError(
+            "temperature",
+            f"{prefix}temperature={t!r} overflows float32 (largest {MAX_TEMPERATURE:.3g}); "
+            "a temperature above ~1e4 is already uniform over the kept tokens: pass 1e4.",
+        )
+    if 0 < t < MIN_TEMPERATURE:
+        raise SettingError(
+            "temperature",
+            f"{prefix}temperature={t!r} underflows float32 (smallest normal {MIN_TEMPERATURE:.3g}) and "
+            f"would give NaN probabilities; {_TEMPERATURE_FIX}",
+        )
+    k = top_k
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
+        raise SettingError(
+            "top_k",
+            f"{prefix}top_k must be an int, got {k!r} (type {type(k).__name__}); "
+            "use 0 to turn top-k off or a positive int such as 50.",
+        )
+    if k < 0:
+        raise SettingError(
+            "top_k", f"{prefix}top_k must be >= 0, got {k!r}; use 0 to turn top-k off or a positive int such as 50."
+        )
+    p = top_p
+    if isinstance(p, bool) or not isinstance(p, numbers.Real):
+        raise SettingError(
+            "top_p",
+            f"{prefix}top_p must be a real number in (0, 1], got {p!r}; "
+            "use 1.0 to turn top-p off or a value such as 0.9.",
+        )
+    if math.isnan(p) or not 0.0 < p <= 1.0:
+        raise SettingError(
+            "top_p", f"{prefix}top_p must lie in (0, 1], got {p!r}; use 1.0 to turn top-p off or a value such as 0.9."
+        )
+    return float(t), int(k), float(p)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,50 +158,12 @@ class SamplingConfig:
     def __post_init__(self):
         # Validate eagerly: a bad value inside a jitted loop would otherwise show
         # up only as NaNs or a silently wrong distribution.
-        t = self.temperature
-        if isinstance(t, bool) or not isinstance(t, numbers.Real):
-            raise ValueError(
-                f"SamplingConfig.temperature must be a real number, got {t!r}; "
-                "use 0.0 for greedy or a positive float such as 1.0."
-            )
-        if math.isnan(t) or math.isinf(t) or t < 0:
-            raise ValueError(f"SamplingConfig.temperature must be finite and >= 0, got {t!r}; {_TEMPERATURE_FIX}")
-        if t > MAX_TEMPERATURE:
-            raise ValueError(
-                f"SamplingConfig.temperature={t!r} overflows float32 (largest {MAX_TEMPERATURE:.3g}); "
-                "a temperature above ~1e4 is already uniform over the kept tokens: pass 1e4."
-            )
-        if 0 < t < MIN_TEMPERATURE:
-            raise ValueError(
-                f"SamplingConfig.temperature={t!r} underflows float32 (smallest normal {MIN_TEMPERATURE:.3g}) and "
-                f"would give NaN probabilities; {_TEMPERATURE_FIX}"
-            )
-        k = self.top_k
-        if isinstance(k, bool) or not isinstance(k, numbers.Integral):
-            raise ValueError(
-                f"SamplingConfig.top_k must be an int, got {k!r} "
-                f"(type {type(k).__name__}); use 0 to turn top-k off or a "
-                "positive int such as 50."
-            )
-        if k < 0:
-            raise ValueError(
-                f"SamplingConfig.top_k must be >= 0, got {k!r}; use 0 to turn top-k off or a positive int such as 50."
-            )
-        p = self.top_p
-        if isinstance(p, bool) or not isinstance(p, numbers.Real):
-            raise ValueError(
-                f"SamplingConfig.top_p must be a real number in (0, 1], got {p!r}; "
-                "use 1.0 to turn top-p off or a value such as 0.9."
-            )
-        if math.isnan(p) or not 0.0 < p <= 1.0:
-            raise ValueError(
-                f"SamplingConfig.top_p must lie in (0, 1], got {p!r}; use 1.0 to turn top-p off or a value such as 0.9."
-            )
+        t, k, p = check_settings(self.temperature, self.top_k, self.top_p)
         # Normalise numpy scalars to Python scalars so equal settings hash equal
         # and jit caches hit regardless of how the config was built.
-        object.__setattr__(self, "temperature", float(t))
-        object.__setattr__(self, "top_k", int(k))
-        object.__setattr__(self, "top_p", float(p))
+        object.__setattr__(self, "temperature", t)
+        object.__setattr__(self, "top_k", k)
+        object.__setattr__(self, "top_p", p)
 
     @property
     def is_greedy(self) -> bool:

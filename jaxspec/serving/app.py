@@ -32,7 +32,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from jaxspec.serving.engine import MAX_SEED, Completion, Engine, GenerationError, Overloaded, RequestError
+from jaxspec.serving.batching import Completion
+from jaxspec.serving.engine import Engine, GenerationError, Overloaded
+from jaxspec.serving.validation import MAX_SEED, RequestError
 
 MAX_BODY_BYTES = 64 * 1024
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default

@@ -1,38 +1,29 @@
 """`Engine`: concurrent generation requests become a few padded `speculative_sample` calls.
 
-One background thread owns the accelerator. It takes the first queued request,
-keeps collecting for `batch_window_s` (or until `max_batch` rows), groups what
-it has by what is static to the compiled loop -- only the max_tokens bucket
-(and a request with a `seed` always runs alone) -- and runs one
-`speculative_sample` per group:
+This module is the engine's lifecycle only: a queue, one background thread
+that owns the accelerator, and `start` / `submit` / `close`. The worker takes
+the first queued request, keeps collecting for `batch_window_s` (or until the
+largest batch bucket is full), and runs one `speculative_sample` per call that
+`batching.group` forms. The rest lives in modules with one job each:
 
-- prompts are right-padded to the smallest prompt-length bucket that fits the
-  longest one, and each row keeps its own `prompt_lengths` entry;
-- sampling settings are per row: each row passes its request's temperature,
-  top_k and top_p as entries of [batch] arrays, which the compiled loop traces,
-  so greedy and sampled requests with any settings share one call and a new
-  setting never compiles anything;
-- the batch is padded to a batch bucket with copies of its first row (prompt
-  and settings; a copy ends when that row ends, so padding never prolongs the
-  loop);
-- every row runs to the max_tokens *bucket* and is cut back to its request's
-  `max_tokens` afterwards (a prefix of a longer run is distributed exactly as a
-  shorter run); its speculative counts are recounted on the kept tokens.
+- `jaxspec.serving.validation`: every check of a request, run in `submit`
+  before it is queued (a bad request is refused on its own and never reaches,
+  or fails, a batch), through the library's own prompt and sampling checks;
+- `jaxspec.serving.batching`: the pure batching policy (buckets, grouping,
+  padding, cutting rows back, counters);
+- `jaxspec.serving.telemetry`: compile counting (`warmup` compiles every bucket
+  shape before traffic arrives; `stats()` reports every compilation since).
 
-So the compiled programs are bounded by the buckets alone, all known up front;
-`warmup` compiles them before traffic arrives and `stats()` reports every XLA
-compilation seen since the engine started. Every request is validated
-completely in `submit` before it is queued, so a bad request is refused on its
-own and never reaches (or fails) a batch. Nothing here knows about HTTP or
-text: requests are token ids (see `jaxspec.serving.app` for the API).
+Nothing here knows about HTTP or text: requests are token ids (see
+`jaxspec.serving.app` for the API). The names that moved out of this module
+(`Buckets`, `Choice`, `RequestError`, `xla_compiles`, ...) are re-exported
+here by the `X as X` imports below, so old imports keep working.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import itertools
-import math
 import queue
 import threading
 import time
@@ -45,50 +36,20 @@ import numpy as np
 from jaxspec.generation import common
 from jaxspec.generation.speculative import speculative_sample
 from jaxspec.sampling.processing import SamplingConfig
-
-GREEDY = SamplingConfig(temperature=0.0, top_k=0, top_p=1.0)
-MAX_SEED = 2**31 - 1
-INT32_MAX = 2**31 - 1
-# Settings travel to the device as float32: a positive value below the smallest
-# normal float32 (1.1754944e-38) underflows there, one above its max overflows.
-FLOAT32_TINY = float(np.finfo(np.float32).tiny)
-FLOAT32_MAX = float(np.finfo(np.float32).max)
-
-# Process-wide count of XLA backend compilations (jax.monitoring has no
-# per-function hook; the worker is the only caller that compiles in a server).
-_compiles = 0
-_compiles_lock = threading.Lock()
-_listener_installed = False
-
-
-def _on_event_duration(event: str, duration: float, **_: Any) -> None:
-    global _compiles
-    if event == "/jax/core/compile/backend_compile_duration":
-        with _compiles_lock:
-            _compiles += 1
-
-
-def _install_compile_listener() -> None:
-    global _listener_installed
-    with _compiles_lock:
-        if _listener_installed:
-            return
-        _listener_installed = True
-    jax.monitoring.register_event_duration_secs_listener(_on_event_duration)
-
-
-def xla_compiles() -> int:
-    """XLA compilations in this process since the first `Engine` was built."""
-    with _compiles_lock:
-        return _compiles
-
-
-class RequestError(ValueError):
-    """A request the engine refuses before queueing it; `param` names the field."""
-
-    def __init__(self, param: str, message: str):
-        super().__init__(message)
-        self.param = param
+from jaxspec.serving import batching, validation
+from jaxspec.serving.batching import Buckets
+from jaxspec.serving.batching import Choice as Choice
+from jaxspec.serving.batching import Completion as Completion
+from jaxspec.serving.batching import powers_of_two as powers_of_two
+from jaxspec.serving.telemetry import CompileCounter
+from jaxspec.serving.telemetry import xla_compiles as xla_compiles
+from jaxspec.serving.validation import FLOAT32_MAX as FLOAT32_MAX
+from jaxspec.serving.validation import FLOAT32_TINY as FLOAT32_TINY
+from jaxspec.serving.validation import GREEDY as GREEDY
+from jaxspec.serving.validation import INT32_MAX as INT32_MAX
+from jaxspec.serving.validation import MAX_SEED, Request
+from jaxspec.serving.validation import RequestError as RequestError
+from jaxspec.serving.validation import normalise as normalise
 
 
 class Overloaded(RuntimeError):
@@ -99,111 +60,9 @@ class GenerationError(RuntimeError):
     """Generation failed for the batch this request was in (its neighbours in other batches are unaffected)."""
 
 
-def powers_of_two(low: int, high: int) -> tuple[int, ...]:
-    """low, 2 low, 4 low, ... below high, then high itself (high >= 1)."""
-    out, v = [], max(1, low)
-    while v < high:
-        out.append(v)
-        v *= 2
-    return (*out, high)
-
-
-@dataclasses.dataclass(frozen=True)
-class Buckets:
-    """The padded shapes the engine compiles for; each tuple ascends and its last entry is the cap.
-
-    Attributes:
-      prompt: prompt widths (tokens); the last is the longest prompt accepted.
-      batch: batch sizes (rows); the last is the most rows in one call.
-      tokens: max_new_tokens values; the last is the most tokens a request may ask for.
-    """
-
-    prompt: tuple[int, ...]
-    batch: tuple[int, ...]
-    tokens: tuple[int, ...]
-
-    def __post_init__(self):
-        for name in ("prompt", "batch", "tokens"):
-            values = getattr(self, name)
-            if not values or any(int(v) < 1 for v in values) or list(values) != sorted(set(values)):
-                raise ValueError(f"Buckets.{name} must be distinct ascending integers >= 1, got {values!r}.")
-
-    @classmethod
-    def default(cls, max_prompt_tokens: int, max_batch: int, max_tokens: int) -> Buckets:
-        """Prompts 16, 32, ... up to the cap; batches 1, 2, 4, ...; max_tokens 16, 64, 256, ... (x4)."""
-        tokens, v = [], 16
-        while v < max_tokens:
-            tokens.append(v)
-            v *= 4
-        return cls(
-            prompt=powers_of_two(16, max_prompt_tokens) if max_prompt_tokens > 16 else (max_prompt_tokens,),
-            batch=powers_of_two(1, max_batch),
-            tokens=(*tokens, max_tokens),
-        )
-
-    @staticmethod
-    def fit(values: tuple[int, ...], n: int) -> int:
-        return next(v for v in values if v >= n)
-
-    def all_shapes(self):
-        """Every (batch, prompt width, max_new_tokens) the engine can run."""
-        return itertools.product(self.batch, self.prompt, self.tokens)
-
-
-@dataclasses.dataclass(frozen=True)
-class Choice:
-    """One generated row, cut to its request's max_tokens.
-
-    Attributes:
-      token_ids: generated ids, without the EOS token.
-      finish_reason: "stop" (EOS), "length" (max_tokens reached) or "error"
-        (the row stopped before max_tokens because the target's logits had no
-        distribution there, e.g. NaN; the tokens before that point are valid.
-        Reported where `speculative_sample` has `nonfinite_logits`).
-      generated: tokens generated (EOS included).
-      target_calls: verification rounds that produced a kept token.
-      drafted: num_draft_tokens x target_calls.
-      accepted: kept tokens that were accepted drafts. (`speculative_sample`'s
-        own counter also counts drafts its last round accepted past the cut.)
-    """
-
-    token_ids: tuple[int, ...]
-    finish_reason: str
-    generated: int
-    drafted: int
-    accepted: int
-    target_calls: int
-
-
-@dataclasses.dataclass(frozen=True)
-class Completion:
-    """What a request's future resolves to.
-
-    Attributes:
-      choices: its n rows.
-      prompt_tokens: length of its prompt.
-      queue_ms: enqueue -> start of its batch's generation call.
-      generate_ms: wall time of that call (shared by the whole batch).
-      batch_size: real rows in that call; padded_batch: rows after padding.
-      shape: (padded batch, prompt width, max_new_tokens) of the call.
-    """
-
-    choices: tuple[Choice, ...]
-    prompt_tokens: int
-    queue_ms: float
-    generate_ms: float
-    batch_size: int
-    padded_batch: int
-    shape: tuple[int, int, int]
-
-
 @dataclasses.dataclass(eq=False)
-class _Request:
-    prompt_ids: tuple[int, ...]
-    n: int
-    max_tokens: int
-    sampling: SamplingConfig
-    seed: int | None
+class _Queued:
+    request: Request
     future: concurrent.futures.Future
     enqueued: float = dataclasses.field(default_factory=time.monotonic)
 
@@ -282,10 +141,10 @@ class Engine:
             raise ValueError(f"batch_window_s must be >= 0 and max_queue >= 1, got {batch_window_s}, {max_queue}.")
         self.batch_window_s = batch_window_s
         self.max_queue = max_queue
-        self.vocab_size = _vocab_size(target, draft)
+        self.vocab_size = validation.vocab_size(target, draft)
         self._rng = np.random.default_rng(seed)
-        self._queue: queue.Queue[_Request] = queue.Queue()
-        self._lock = threading.Lock()  # counters and programs
+        self._queue: queue.Queue[_Queued] = queue.Queue()
+        self._lock = threading.Lock()  # guards _counts
         # Guards the lifecycle: _running, _stop and _thread change together, and
         # `submit` checks _running and enqueues while holding it, so `close` never
         # misses a request that `submit` accepted.
@@ -293,11 +152,8 @@ class Engine:
         self._running = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._programs: set[tuple] = set()
-        self._counts = dict(requests=0, rows=0, batches=0, failed_batches=0, padded_rows=0, generated_tokens=0)
-        _install_compile_listener()
-        self._compiles_at_start = xla_compiles()
-        self._compiles_after_warmup: int | None = None
+        self._counts = batching.Counters()
+        self._telemetry = CompileCounter()
 
     # ---- client side -------------------------------------------------------------------------
 
@@ -314,17 +170,18 @@ class Engine:
     ) -> SamplingConfig:
         """Validates a request completely without queueing it; returns its normalised sampling settings.
 
-        Checks: the prompt is a non-empty sequence of at most the prompt cap
-        integer token ids (not bools, not floats), each in 0..vocab_size - 1
-        (the vocabulary both models sample over); max_tokens, n, top_k and seed
-        are integers (not bools or floats) in range; temperature is finite and
-        0 (greedy) or at least the smallest normal float32; top_p lies in (0, 1].
+        Checks (`validation.validate` against this engine's caps and vocabulary):
+        the prompt is a non-empty sequence of at most the prompt cap integer
+        token ids (not bools, not floats), each in 0..vocab_size - 1 (the
+        vocabulary both models sample over); max_tokens, n, top_k and seed are
+        integers (not bools or floats) in range; temperature is finite and 0
+        (greedy) or at least the smallest normal float32; top_p lies in (0, 1].
         Nothing is registered: a refused or merely checked request leaves no trace.
 
         Raises:
           RequestError: naming the offending field.
         """
-        return self._validate(prompt_ids, max_tokens, n, temperature, top_k, top_p, seed)[1]
+        return self._validate(prompt_ids, max_tokens, n, temperature, top_k, top_p, seed).sampling
 
     def submit(
         self,
@@ -348,39 +205,27 @@ class Engine:
           Overloaded: the queue is full or the engine is not running (nothing
             was queued or counted).
         """
-        prompt, sampling = self._validate(prompt_ids, max_tokens, n, temperature, top_k, top_p, seed)
+        request = self._validate(prompt_ids, max_tokens, n, temperature, top_k, top_p, seed)
         with self._life:
             if not self._running:
                 raise Overloaded("the engine is not running (not started yet, or shutting down); retry later.")
             if self._queue.qsize() >= self.max_queue:
                 raise Overloaded(f"{self.max_queue} requests are already queued; retry later.")
-            request = _Request(
-                prompt_ids=prompt,
-                n=int(n),
-                max_tokens=int(max_tokens),
-                sampling=sampling,
-                seed=None if seed is None else int(seed),
-                future=concurrent.futures.Future(),
-            )
-            self._queue.put(request)
-        return request.future
+            queued = _Queued(request, concurrent.futures.Future())
+            self._queue.put(queued)
+        return queued.future
 
     def stats(self) -> dict[str, Any]:
         """Counters since start: requests, batches, mean batch size, compiles."""
         with self._lock:
-            counts = dict(self._counts)
-            programs = len(self._programs)
-        compiles = xla_compiles() - self._compiles_at_start
-        ok_batches = counts["batches"] - counts["failed_batches"]
+            counts = self._counts
+        telemetry = self._telemetry.stats()
         return dict(
-            counts,
-            mean_batch_size=counts["rows"] / ok_batches if ok_batches else 0.0,
+            counts.summary(),
             queued=self._queue.qsize(),
-            programs=programs,
-            xla_compiles=compiles,
-            xla_compiles_since_warmup=None
-            if self._compiles_after_warmup is None
-            else xla_compiles() - self._compiles_after_warmup,
+            programs=telemetry["programs"],
+            xla_compiles=telemetry["xla_compiles"],
+            xla_compiles_since_warmup=telemetry["xla_compiles_since_warmup"],
             buckets=dataclasses.asdict(self.buckets),
         )
 
@@ -396,10 +241,10 @@ class Engine:
           The number of shapes run.
         """
         shapes = list(self.buckets.all_shapes() if shapes is None else shapes)
-        for batch, width, tokens in shapes:
-            ids = np.full((batch, width), self.pad_token_id, np.int32)
-            self._generate(ids, np.full((batch,), width, np.int32), tokens, [GREEDY] * batch, seed=0)
-        self._compiles_after_warmup = xla_compiles()
+        for shape in shapes:
+            batch = batching.blank(shape, self.pad_token_id)
+            self._generate(batch.ids, batch.lengths, batch.max_new_tokens, batch.settings, seed=0)
+        self._telemetry.warmed_up()
         return len(shapes)
 
     def start(self) -> None:
@@ -422,8 +267,7 @@ class Engine:
             self._thread = threading.Thread(target=self._loop, args=(self._stop,), name="jaxspec-engine", daemon=True)
             self._running = True
             self._thread.start()
-            if self._compiles_after_warmup is None:
-                self._compiles_after_warmup = xla_compiles()
+            self._telemetry.warmed_up(keep_earlier=True)
 
     def close(self, timeout: float = 30.0) -> bool:
         """Stops taking requests and stops the worker after its current batch.
@@ -453,11 +297,11 @@ class Engine:
                     self._thread = None
         while True:
             try:
-                request = self._queue.get_nowait()
+                queued = self._queue.get_nowait()
             except queue.Empty:
                 break
-            if request.future.set_running_or_notify_cancel():
-                request.future.set_exception(Overloaded("the server is shutting down."))
+            if queued.future.set_running_or_notify_cancel():
+                queued.future.set_exception(Overloaded("the server is shutting down."))
         return stopped
 
     # ---- worker ------------------------------------------------------------------------------
@@ -468,97 +312,56 @@ class Engine:
                 first = self._queue.get(timeout=0.05)
             except queue.Empty:
                 continue
-            pending, rows = [first], first.n
+            pending, rows = [first], first.request.n
             try:
                 deadline = first.enqueued + self.batch_window_s
                 while rows < self.max_batch:
                     remaining = deadline - time.monotonic()
                     try:
-                        request = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+                        queued = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
                     except queue.Empty:
                         break
-                    pending.append(request)
-                    rows += request.n
-                chunks = self._chunks(pending)
+                    pending.append(queued)
+                    rows += queued.request.n
+                calls = batching.group([q.request for q in pending], self.buckets)
             except Exception as err:  # noqa: BLE001 - never let the worker die with requests waiting.
-                chunks = []
-                for request in pending:
-                    if request.future.set_running_or_notify_cancel():
-                        request.future.set_exception(GenerationError(f"could not batch: {type(err).__name__}: {err}"))
-            for chunk in chunks:
-                self._run(chunk)
+                calls = []
+                for queued in pending:
+                    if queued.future.set_running_or_notify_cancel():
+                        queued.future.set_exception(GenerationError(f"could not batch: {type(err).__name__}: {err}"))
+            for call in calls:
+                self._run([pending[i] for i in call])
 
-    def _chunks(self, pending: list[_Request]) -> list[list[_Request]]:
-        """Groups by max_tokens bucket (seeded requests alone), then splits into <= max_batch rows."""
-        groups: dict[tuple, list[_Request]] = {}
-        for request in pending:
-            tokens = Buckets.fit(self.buckets.tokens, request.max_tokens)
-            key = (tokens, id(request) if request.seed is not None else None)
-            groups.setdefault(key, []).append(request)
-        chunks = []
-        for group in groups.values():
-            chunk, rows = [], 0
-            for request in group:
-                if chunk and rows + request.n > self.max_batch:
-                    chunks.append(chunk)
-                    chunk, rows = [], 0
-                chunk.append(request)
-                rows += request.n
-            chunks.append(chunk)
-        return chunks
-
-    def _run(self, chunk: list[_Request]) -> None:
-        chunk = [r for r in chunk if r.future.set_running_or_notify_cancel()]
-        if not chunk:
+    def _run(self, call: list[_Queued]) -> None:
+        call = [q for q in call if q.future.set_running_or_notify_cancel()]
+        if not call:
             return
         start = time.monotonic()
+        requests = [q.request for q in call]
         try:
-            rows = [(r.prompt_ids, r.sampling) for r in chunk for _ in range(r.n)]
-            batch = Buckets.fit(self.buckets.batch, len(rows))
-            width = Buckets.fit(self.buckets.prompt, max(len(p) for p, _ in rows))
-            tokens = Buckets.fit(self.buckets.tokens, max(r.max_tokens for r in chunk))
-            ids = np.full((batch, width), self.pad_token_id, np.int32)
-            lengths = np.empty((batch,), np.int32)
-            settings = []
-            for i in range(batch):
-                prompt, sampling = rows[i] if i < len(rows) else rows[0]
-                ids[i, : len(prompt)] = prompt
-                lengths[i] = len(prompt)
-                settings.append(sampling)
-            seed = chunk[0].seed if chunk[0].seed is not None else int(self._rng.integers(MAX_SEED))
-            out = self._generate(ids, lengths, tokens, settings, seed)
-            generate_ms = 1000 * (time.monotonic() - start)
-            completions, row = [], 0
-            for request in chunk:
-                choices = tuple(self._choice(out, row + j, request.max_tokens) for j in range(request.n))
-                row += request.n
-                completions.append(
-                    Completion(
-                        choices=choices,
-                        prompt_tokens=len(request.prompt_ids),
-                        queue_ms=1000 * (start - request.enqueued),
-                        generate_ms=generate_ms,
-                        batch_size=len(rows),
-                        padded_batch=batch,
-                        shape=(batch, width, tokens),
-                    )
-                )
+            batch = batching.pack(requests, self.buckets, self.pad_token_id)
+            seed = requests[0].seed if requests[0].seed is not None else int(self._rng.integers(MAX_SEED))
+            out = self._generate(batch.ids, batch.lengths, batch.max_new_tokens, batch.settings, seed)
+            completions = batching.unpack(
+                out,
+                requests,
+                batch,
+                eos_token_id=self.eos_token_id,
+                num_draft_tokens=self.num_draft_tokens,
+                queue_ms=[1000 * (start - q.enqueued) for q in call],
+                generate_ms=1000 * (time.monotonic() - start),
+            )
         except Exception as err:  # noqa: BLE001 - any failure goes to this batch's requests only.
             with self._lock:
-                self._counts["batches"] += 1
-                self._counts["failed_batches"] += 1
+                self._counts = self._counts.add_failure()
             failure = GenerationError(f"generation failed for this batch: {type(err).__name__}: {err}")
-            for request in chunk:
-                request.future.set_exception(failure)
+            for queued in call:
+                queued.future.set_exception(failure)
             return
         with self._lock:
-            self._counts["batches"] += 1
-            self._counts["requests"] += len(chunk)
-            self._counts["rows"] += len(rows)
-            self._counts["padded_rows"] += batch - len(rows)
-            self._counts["generated_tokens"] += sum(c.generated for done in completions for c in done.choices)
-        for request, completion in zip(chunk, completions):
-            request.future.set_result(completion)
+            self._counts = self._counts.add(batch, completions)
+        for queued, completion in zip(call, completions):
+            queued.future.set_result(completion)
 
     def _generate(
         self, ids, lengths, tokens: int, settings: Sequence[SamplingConfig], seed: int
@@ -572,139 +375,29 @@ class Engine:
             key=jax.random.key(seed),
             max_new_tokens=tokens,
             num_draft_tokens=self.num_draft_tokens,
-            temperature=np.array([s.temperature for s in settings], np.float32),
-            top_k=np.array([s.top_k for s in settings], np.int32),
-            top_p=np.array([s.top_p for s in settings], np.float32),
+            **batching.settings_arrays(settings),
             eos_token_id=self.eos_token_id,
             pad_token_id=self.pad_token_id,
             verify=self.verify,
         )
-        with self._lock:
-            self._programs.add((ids.shape, tokens))
+        self._telemetry.ran((ids.shape, tokens))
         out = {name: np.asarray(getattr(result, name)) for name in ("tokens", "lengths", "provenance")}
         nonfinite = getattr(result, "nonfinite_logits", None)  # absent in older `speculative_sample`s
         if nonfinite is not None:
             out["nonfinite_logits"] = np.asarray(nonfinite)
         return out
 
-    def _choice(self, out: dict[str, np.ndarray], row: int, max_tokens: int) -> Choice:
-        length = min(int(out["lengths"][row]), max_tokens)
-        ids = out["tokens"][row, :length].tolist()
-        provenance = out["provenance"][row, :length]
-        stopped = self.eos_token_id is not None and length > 0 and ids[-1] == self.eos_token_id
-        # Each round ends with one resampled or bonus token; a round cut short
-        # (by max_tokens or EOS) ends with an accepted draft instead.
-        ends = int(np.isin(provenance, (common.RESAMPLED, common.BONUS)).sum())
-        calls = ends + int(length > 0 and provenance[-1] == common.ACCEPTED_DRAFT)
-        if "nonfinite_logits" in out and bool(out["nonfinite_logits"][row]) and length < max_tokens:
-            reason = "error"  # stopped early at logits without a distribution, before this request's end
-        else:
-            reason = "stop" if stopped else "length"
-        return Choice(
-            token_ids=tuple(ids[:-1] if stopped else ids),
-            finish_reason=reason,
-            generated=length,
-            drafted=calls * self.num_draft_tokens,
-            accepted=int((provenance == common.ACCEPTED_DRAFT).sum()),
-            target_calls=calls,
+    def _validate(self, prompt_ids, max_tokens, n, temperature, top_k, top_p, seed) -> Request:
+        return validation.validate(
+            prompt_ids,
+            max_tokens=max_tokens,
+            n=n,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=seed,
+            prompt_cap=self.max_prompt_tokens,
+            tokens_cap=self.max_tokens,
+            n_cap=self.max_batch,
+            vocab_size=self.vocab_size,
         )
-
-    def _validate(self, prompt_ids, max_tokens, n, temperature, top_k, top_p, seed):
-        """(prompt as a tuple of ints, normalised settings); see `check`."""
-        prompt = _prompt(prompt_ids, self.max_prompt_tokens, self.vocab_size)
-        max_tokens = _integer("max_tokens", max_tokens)
-        if not 1 <= max_tokens <= self.max_tokens:
-            raise RequestError("max_tokens", f"max_tokens must lie in 1..{self.max_tokens}, got {max_tokens}.")
-        n = _integer("n", n)
-        if not 1 <= n <= self.max_batch:
-            raise RequestError("n", f"n must lie in 1..{self.max_batch} (rows of one batch), got {n}.")
-        if seed is not None:
-            seed = _integer("seed", seed)
-            if not 0 <= seed <= MAX_SEED:
-                raise RequestError("seed", f"seed must lie in 0..{MAX_SEED}, got {seed}.")
-        return prompt, normalise(temperature, top_k, top_p, self.vocab_size)
-
-
-def _vocab_size(target, draft) -> int | None:
-    """The ids both models sample over (None if unknown, e.g. models stubbed out in tests)."""
-    if hasattr(draft, "vocab_size_for") and target is not None:
-        return int(draft.vocab_size_for(target))  # a `Drafter`; raises for incompatible vocabularies
-    sizes = [getattr(m, "vocab_size", None) for m in (target, draft)]
-    sizes = [int(v) for v in sizes if v is not None]
-    # A draft whose embedding pads the target's vocabulary samples only the target's ids.
-    return min(sizes) if sizes else None
-
-
-def _is_integer(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-
-
-def _is_real(value: Any) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
-
-
-def _integer(param: str, value: Any) -> int:
-    if not _is_integer(value):
-        raise RequestError(param, f"{param} must be an integer, got {value!r} ({type(value).__name__}).")
-    return int(value)
-
-
-def _prompt(prompt_ids: Any, cap: int, vocab_size: int | None) -> tuple[int, ...]:
-    """The prompt as a tuple of ints, checked against the cap and the vocabulary."""
-    if isinstance(prompt_ids, (str, bytes)) or not isinstance(prompt_ids, (Sequence, np.ndarray)):
-        raise RequestError(
-            "prompt", f"the prompt must be a sequence of token ids, got {type(prompt_ids).__name__}; tokenize it first."
-        )
-    if isinstance(prompt_ids, np.ndarray) and prompt_ids.ndim != 1:
-        raise RequestError("prompt", f"the prompt must be one sequence of token ids, got shape {prompt_ids.shape}.")
-    if len(prompt_ids) < 1:
-        raise RequestError("prompt", "the prompt encodes to no tokens; give a non-empty prompt.")
-    if len(prompt_ids) > cap:
-        raise RequestError("prompt", f"the prompt is {len(prompt_ids)} tokens; the server's cap is {cap}.")
-    high = INT32_MAX if vocab_size is None else vocab_size - 1
-    out = []
-    for i, token in enumerate(prompt_ids):
-        if not _is_integer(token):
-            raise RequestError(
-                "prompt", f"prompt token {i} is {token!r} ({type(token).__name__}); token ids must be integers."
-            )
-        token = int(token)
-        if not 0 <= token <= high:
-            raise RequestError(
-                "prompt",
-                f"prompt token {i} is {token}, outside the vocabulary 0..{high}; "
-                "encode the prompt with the model's tokenizer.",
-            )
-        out.append(token)
-    return tuple(out)
-
-
-def normalise(t: float, k: int, p: float, vocab_size: int | None = None) -> SamplingConfig:
-    """Validated settings, normalised: greedy ignores top-k/top-p, and top_k >= vocab is off.
-
-    Raises:
-      RequestError: naming the out-of-range field.
-    """
-    if not _is_real(t) or not math.isfinite(t) or t < 0 or t > FLOAT32_MAX:
-        raise RequestError(
-            "temperature", f"temperature must be a finite number >= 0 (0 = greedy), got {t!r} ({type(t).__name__})."
-        )
-    if 0 < t < FLOAT32_TINY:
-        raise RequestError(
-            "temperature",
-            f"temperature {t!r} underflows float32 (smallest normal {FLOAT32_TINY:.8g}); use 0 for greedy.",
-        )
-    k = _integer("top_k", k)
-    if k < 0:
-        raise RequestError("top_k", f"top_k must be an integer >= 0 (0 = off), got {k}.")
-    if not _is_real(p) or not 0 < p <= 1:
-        raise RequestError("top_p", f"top_p must lie in (0, 1] (1 = off), got {p!r} ({type(p).__name__}).")
-    if p < FLOAT32_TINY:
-        raise RequestError(
-            "top_p", f"top_p {p!r} underflows float32 (smallest normal {FLOAT32_TINY:.8g}); use a larger value."
-        )
-    if t == 0:
-        return GREEDY
-    if k >= (INT32_MAX if vocab_size is None else vocab_size):
-        k = 0
-    return SamplingConfig(temperature=float(t), top_k=k, top_p=float(p))
