@@ -1,0 +1,191 @@
+"""Per-call costs of the generation loops, measured in isolation, and the speedup they predict.
+
+The textbook prediction (Leviathan et al.) counts only model calls: a round is
+K draft steps plus one verify pass. The loops also do their own work each
+round: the draft's first step feeds 2 tokens (the cache catch-up), the K + 1
+target positions and the K draft positions are processed (temperature, top-k,
+top-p) and sampled, the accept kernel runs, tokens are emitted, and the
+`while_loop` itself costs something. On a CPU with a 6-layer target that work
+is not negligible, so it is measured too:
+
+- model calls: `call_cost_ms` times one forward of `chunk` tokens at a fixed
+  cache position inside a jitted `fori_loop` (no Python dispatch);
+- the loops' own work: the real `autoregressive_sample` / `speculative_sample`
+  run on *stand-in* models of the same vocabulary and context but almost no
+  compute (1 layer, width 8); their measured time minus the stand-ins' own
+  call costs is the per-token (autoregressive) or per-round (speculative)
+  overhead of the loop.
+
+Then, for N new tokens with T tokens per round:
+
+    time_AR   = prefill_target + N * (target_step + ar_overhead)
+    time_spec = prefill_target + prefill_draft
+                + (N / T) * (draft_first + (K - 1) * draft_step + verify_K + round_overhead)
+
+and predicted speedup = time_AR / time_spec, with T = (1 - a^(K+1)) / (1 - a)
+for token-wise verification (a = `alpha_per_draft`), or the measured tokens
+per round.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxspec.benchmarking.timing import best_seconds
+from jaxspec.generation import autoregressive_sample, speculative_sample
+from jaxspec.testing import random_model, tiny_config
+
+
+@functools.partial(jax.jit, static_argnames="reps")
+def _call_loop(model, cache, tokens_BxT, reps: int):
+    def body(_, carry):
+        cache, acc = carry
+        logits, new_cache = model(tokens_BxT, cache)
+        # Reset the length so every call runs at the same position.
+        return new_cache.with_lengths(cache.lengths), acc + logits[0, -1, 0]
+
+    return jax.lax.fori_loop(0, reps, body, (cache, jnp.float32(0)))
+
+
+def call_loop(model, batch: int, chunk: int, position: int, reps: int) -> Callable[[], tuple]:
+    """A no-argument function that runs `reps` forwards of `chunk` tokens per row at cache `position`.
+
+    The calls run inside one jitted `fori_loop` (the way the generation loops
+    call the model), so Python dispatch is not counted; time it with
+    `best_seconds` or `time_interleaved` and divide by `reps`.
+    """
+    cache = model.init_cache(batch, position + chunk + 1).with_lengths(jnp.full((batch,), position, jnp.int32))
+    tokens_BxT = jnp.ones((batch, chunk), jnp.int32)
+    return lambda: _call_loop(model, cache, tokens_BxT, reps)
+
+
+def call_cost_ms(model, batch: int, chunk: int, position: int, reps: int = 20) -> float:
+    """Milliseconds of one forward of `chunk` tokens per row at cache `position` (best of 3 `call_loop`s)."""
+    return 1000 * best_seconds(call_loop(model, batch, chunk, position, reps)) / reps
+
+
+def prefill_cost_ms(model, batch: int, prompt_tokens: int) -> float:
+    """Milliseconds of the prompt prefill (all prompt tokens but the last) from an empty cache."""
+    if prompt_tokens < 2:
+        return 0.0
+    tokens = jnp.ones((batch, prompt_tokens - 1), jnp.int32)
+    fn = jax.jit(lambda m: m(tokens, m.init_cache(batch, prompt_tokens))[0][0, -1, 0])
+    return 1000 * best_seconds(lambda: fn(model))
+
+
+def stand_in(model, seed: int):
+    """A model of `model`'s vocabulary and context with almost no compute (1 layer, width 8)."""
+    config = tiny_config(
+        "gpt2",
+        vocab_size=model.vocab_size,
+        hidden_size=8,
+        num_layers=1,
+        num_heads=1,
+        max_positions=model.max_positions,
+    )
+    return random_model(config, seed)
+
+
+@dataclasses.dataclass
+class LoopCosts:
+    """Measured costs (milliseconds) of one configuration (batch, K, settings, rule)."""
+
+    target_step_ms: float
+    verify_ms: float
+    draft_step_ms: float
+    draft_first_ms: float
+    target_prefill_ms: float
+    draft_prefill_ms: float
+    ar_overhead_ms: float
+    round_overhead_ms: float
+
+    def round_ms(self, k: int) -> float:
+        return self.draft_first_ms + (k - 1) * self.draft_step_ms + self.verify_ms + self.round_overhead_ms
+
+    def predicted_times_ms(self, n: int, k: int, tokens_per_round: float) -> tuple[float, float]:
+        ar = self.target_prefill_ms + n * (self.target_step_ms + self.ar_overhead_ms)
+        spec = self.target_prefill_ms + self.draft_prefill_ms + n / tokens_per_round * self.round_ms(k)
+        return ar, spec
+
+    def predicted_speedup(self, n: int, k: int, tokens_per_round: float) -> float:
+        ar, spec = self.predicted_times_ms(n, k, tokens_per_round)
+        return ar / spec
+
+
+def tokens_per_round_tokenwise(alpha: float, k: int) -> float:
+    """Expected tokens per round of token-wise verification with per-draft acceptance alpha.
+
+    >>> tokens_per_round_tokenwise(0.5, 2), tokens_per_round_tokenwise(1.0, 4)
+    (1.75, 5.0)
+    """
+    return float(k + 1) if alpha >= 1 else (1 - alpha ** (k + 1)) / (1 - alpha)
+
+
+def model_costs(target, draft, batch: int, prompt_tokens: int, max_new_tokens: int, ks) -> dict:
+    """The model-call costs (ms) the loops pay, at the middle of the generated span.
+
+    Returns:
+      dict with target_step_ms, draft_step_ms, draft_first_ms (the 2-token
+      catch-up step), target_prefill_ms, draft_prefill_ms, and verify_ms {K: ms}.
+    """
+    position = prompt_tokens + max_new_tokens // 2
+    return dict(
+        target_step_ms=call_cost_ms(target, batch, 1, position),
+        draft_step_ms=call_cost_ms(draft, batch, 1, position),
+        draft_first_ms=call_cost_ms(draft, batch, 2, position),
+        target_prefill_ms=prefill_cost_ms(target, batch, prompt_tokens),
+        draft_prefill_ms=prefill_cost_ms(draft, batch, prompt_tokens),
+        verify_ms={int(k): call_cost_ms(target, batch, int(k) + 1, position) for k in ks},
+    )
+
+
+def loop_overheads(
+    target, draft, prompts: np.ndarray, *, max_new_tokens: int, num_draft_tokens: int, verify: str, **settings
+) -> dict:
+    """The loops' own work (ms): per token of `autoregressive_sample`, per round of `speculative_sample`.
+
+    Both loops run on stand-ins of `target` and `draft` (same vocabulary and
+    context, almost no compute); the stand-ins' own call costs, measured the
+    same way as the real models', are subtracted.
+    """
+    batch, prompt_tokens = prompts.shape
+    k = num_draft_tokens
+    fake_target, fake_draft = stand_in(target, 0), stand_in(draft, 1)
+    fake = model_costs(fake_target, fake_draft, batch, prompt_tokens, max_new_tokens, [k])
+    ids = jnp.asarray(prompts)
+
+    def ar():
+        return autoregressive_sample(fake_target, ids, key=jax.random.key(0), max_new_tokens=max_new_tokens, **settings)
+
+    def spec():
+        return speculative_sample(
+            fake_target,
+            fake_draft,
+            ids,
+            key=jax.random.key(0),
+            max_new_tokens=max_new_tokens,
+            num_draft_tokens=k,
+            verify=verify,
+            **settings,
+        )
+
+    ar_ms = 1000 * best_seconds(lambda: ar().tokens)
+    rounds = float(np.max(np.asarray(spec().num_rounds)))  # the loop runs until its slowest row ends
+    spec_ms = 1000 * best_seconds(lambda: spec().tokens)
+    ar_overhead = (ar_ms - fake["target_prefill_ms"]) / max_new_tokens - fake["target_step_ms"]
+    round_models = fake["draft_first_ms"] + (k - 1) * fake["draft_step_ms"] + fake["verify_ms"][k]
+    round_overhead = (spec_ms - fake["target_prefill_ms"] - fake["draft_prefill_ms"]) / rounds - round_models
+    return dict(ar_overhead_ms=max(ar_overhead, 0.0), round_overhead_ms=max(round_overhead, 0.0))
+
+
+def loop_costs(models: dict, overheads: dict, k: int) -> LoopCosts:
+    """A `LoopCosts` from `model_costs` and `loop_overheads` results for draft length k."""
+    fields = {f: models[f] for f in ("target_step_ms", "draft_step_ms", "draft_first_ms")}
+    fields.update(target_prefill_ms=models["target_prefill_ms"], draft_prefill_ms=models["draft_prefill_ms"])
+    return LoopCosts(verify_ms=models["verify_ms"][k], **fields, **overheads)

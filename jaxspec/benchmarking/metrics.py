@@ -1,0 +1,115 @@
+"""The figures the experiments report, each defined once.
+
+Acceptance, in the vocabulary of `SpeculativeResult`: a round drafts K tokens;
+the rule keeps the first n of them (accepted) and adds one target token; a
+round that kept fewer than K ended with a rejection.
+
+- acceptance_rate = accepted / drafted, summed over every run and row (a ratio
+  of sums, not a mean of per-row ratios: the two differ whenever rows differ in
+  length or acceptance);
+- alpha_per_draft = accepted / (accepted + rejections): the drafts never judged
+  (after a rejection) do not count; under token-wise verification it estimates
+  E[min(1, p/q)], the alpha of (1 - alpha^(K+1)) / (1 - alpha);
+- tokens_per_target_call = generated tokens / rounds.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def acceptance_by_position(histogram: np.ndarray) -> list[float]:
+    """Per draft position i, kept / judged, from a round histogram [K + 1] (rounds that kept j drafts).
+
+    >>> acceptance_by_position(np.array([2, 1, 1]))  # 4 rounds: 2 kept none, 1 kept one, 1 kept both
+    [0.5, 0.5]
+    """
+    judged = np.cumsum(np.asarray(histogram)[::-1])[::-1]  # rounds that kept >= j drafts, j = 0..K
+    return (judged[1:] / np.maximum(judged[:-1], 1)).tolist()
+
+
+def acceptance_summary(results: list) -> dict:
+    """Acceptance figures of `SpeculativeResult`s, summed over every run and row (one definition for all scripts).
+
+    Rejections are the rounds that kept fewer than K drafts, as `SpeculativeResult.num_rejections`.
+
+    Returns:
+      dict with acceptance_rate, alpha_per_draft, acceptance_by_position [K],
+      tokens_per_target_call, rounds, accepted, rejections, drafted.
+    """
+    total = lambda field: int(sum(np.asarray(getattr(r, field)).sum() for r in results))
+    histogram = sum(np.asarray(r.round_histogram).sum(axis=0) for r in results)  # [K + 1]
+    rounds, accepted, drafted, generated = (total(f) for f in ("num_rounds", "num_accepted", "num_drafted", "lengths"))
+    rejections = int(histogram[:-1].sum())
+    return dict(
+        acceptance_rate=accepted / max(drafted, 1),
+        alpha_per_draft=accepted / max(accepted + rejections, 1),
+        acceptance_by_position=acceptance_by_position(histogram),
+        tokens_per_target_call=generated / max(rounds, 1),
+        rounds=rounds,
+        accepted=accepted,
+        rejections=rejections,
+        drafted=drafted,
+    )
+
+
+def accepted_per_round_by_row(result) -> np.ndarray:
+    """float64 [B]: each row's accepted drafts / rounds, for paired per-row comparisons.
+
+    Pooled over rows, the same figure is `acceptance_summary`'s accepted / rounds.
+    """
+    return np.asarray(result.num_accepted, np.float64) / np.asarray(result.num_rounds, np.float64)
+
+
+def paired_speedup(baseline_times_s, times_s) -> dict:
+    """Speedup over a baseline measured pairwise, run by run (the same prompt and key in both).
+
+    Returns:
+      dict with speedup (the median of the per-run ratios baseline / time),
+      speedup_mean and speedup_se (the mean's standard error; 0 for one run).
+
+    >>> paired_speedup([2.0, 4.0, 3.0], [1.0, 1.0, 1.0])["speedup"]
+    3.0
+    """
+    ratios = np.asarray(baseline_times_s) / np.asarray(times_s)
+    return dict(
+        speedup=float(np.median(ratios)),
+        speedup_mean=float(np.mean(ratios)),
+        speedup_se=float(np.std(ratios, ddof=1) / np.sqrt(len(ratios))) if len(ratios) > 1 else 0.0,
+    )
+
+
+def paired_difference(a, b) -> dict:
+    """Mean of the paired differences b - a, its standard error and z score (0 when the error is 0).
+
+    >>> paired_difference([1.0, 2.0], [2.0, 3.0])
+    {'difference': 1.0, 'difference_se': 0.0, 'z': 0.0}
+    """
+    diff = np.asarray(b, np.float64) - np.asarray(a, np.float64)
+    se = float(np.std(diff, ddof=1) / np.sqrt(len(diff)))
+    mean = float(np.mean(diff))
+    return dict(difference=mean, difference_se=se, z=mean / se if se > 0 else 0.0)
+
+
+def token_agreement(tokens: np.ndarray, reference: np.ndarray) -> tuple[float, int]:
+    """(fraction of positions equal to `reference`, index of the first differing one or the length if none).
+
+    >>> token_agreement(np.array([1, 2, 3, 4]), np.array([1, 2, 0, 4]))
+    (0.75, 2)
+    """
+    same = np.asarray(tokens) == np.asarray(reference)
+    return float(np.mean(same)), int(np.argmin(same)) if not same.all() else len(same)
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """The nearest-rank q-th percentile of already sorted values (nan when empty).
+
+    >>> percentile([1.0, 2.0, 3.0, 4.0], 50), percentile([1.0, 2.0, 3.0, 4.0], 99)
+    (2.0, 4.0)
+    """
+    if not sorted_values:
+        return math.nan
+    rank = min(len(sorted_values) - 1, max(0, round(q / 100 * len(sorted_values) + 0.5) - 1))
+    return sorted_values[rank]

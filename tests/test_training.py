@@ -1,0 +1,89 @@
+"""jaxspec.training: the corpus split, model configs, calibrate-then-schedule, a few steps of `train`."""
+
+import doctest
+import os
+
+import numpy as np
+import pytest
+
+from jaxspec import training
+from jaxspec.training import trainer
+
+
+def test_split_is_deterministic_and_keeps_a_heldout_file(tmp_path):
+    files = training.python_files()
+    train, heldout = training.split_files(files)
+    assert sorted(train + heldout) == sorted(files) and not set(train) & set(heldout)
+    assert 0.02 < len(heldout) / len(files) < 0.08  # the 5% bucket
+    assert training.split_files(files) == (train, heldout)
+    # A tiny corpus (smoke runs) still gets one held-out file.
+    paths = [str(tmp_path / f"m{i}.py") for i in range(2)]
+    for p in paths:
+        open(p, "w").write("x = 1\n")
+    assert [len(part) for part in training.split_files(paths, heldout_percent=0)] == [1, 1]
+    assert training.read_texts(paths[:1]) == ["x = 1\n"]
+
+
+def test_decoder_config_of_both_families():
+    gpt2 = training.decoder_config("gpt2", vocab_size=300, layers=1, width=16, heads=2, context=32, eos=0)
+    opt = training.decoder_config("opt", vocab_size=300, layers=1, width=16, heads=2, context=32, eos=0)
+    assert (gpt2.model_type, gpt2.max_positions, gpt2.hidden_size) == ("gpt2", 32, 16)
+    assert (opt.model_type, opt.max_positions, opt.vocab_size) == ("opt", 32, 300)
+    assert gpt2.hf_config["architectures"] == ["GPT2LMHeadModel"]
+    with pytest.raises(ValueError, match="unknown model_type 'llama'"):
+        training.decoder_config("llama", vocab_size=3, layers=1, width=4, heads=1, context=4, eos=0)
+
+
+def test_train_fits_min_steps_and_reports(tmp_path):
+    config = training.decoder_config("gpt2", vocab_size=32, layers=1, width=8, heads=2, context=8, eos=0)
+    stream = np.random.default_rng(0).integers(0, 32, 400).astype(np.int32)
+    lines = []
+    model, report = training.train(
+        config,
+        stream,
+        stream,
+        minutes=0.0,
+        batch_size=2,
+        context=8,
+        peak_lr=1e-2,
+        seed=0,
+        log=lines.append,
+        min_steps=3,
+    )
+    assert report.steps == 3 and report.tokens == 3 * 2 * 8
+    assert np.isfinite(report.heldout_loss) and report.heldout_loss == pytest.approx(
+        training.heldout_loss(model, stream, 8)
+    )
+    assert "-> 3 steps" in lines[0] and any(line.startswith("step 3/3 loss") for line in lines)
+    with pytest.raises(ValueError, match="cannot continue training"):
+        other = training.decoder_config("gpt2", vocab_size=32, layers=2, width=8, heads=2, context=8, eos=0)
+        training.train(
+            other,
+            stream,
+            stream,
+            minutes=0,
+            batch_size=2,
+            context=8,
+            peak_lr=1e-2,
+            seed=0,
+            log=print,
+            min_steps=1,
+            init=model,
+        )
+
+
+def test_check_config_names_what_is_missing(tmp_path):
+    config = training.PairConfig(out_dir=str(tmp_path), models=("gpt2-target",))
+    with pytest.raises(ValueError, match="keeps gpt2-draft, opt-draft, but .* lacks gpt2-draft, opt-draft"):
+        training.check_config(config)
+    full = training.PairConfig(out_dir=str(tmp_path), models=("gpt2-draft",), target_init="somewhere")
+    for name in training.MODEL_NAMES:
+        os.makedirs(tmp_path / name)
+        (tmp_path / name / "tokenizer.json").write_text("{}")
+    (tmp_path / "training_summary.json").write_text("{}")
+    with pytest.raises(ValueError, match="--target_init=somewhere needs gpt2-target in --models"):
+        training.check_config(full)
+
+
+def test_docstring_examples():
+    assert doctest.testmod(trainer).failed == 0
