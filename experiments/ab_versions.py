@@ -13,28 +13,28 @@ interleaved (each run another held-out prompt and key).
 
 from __future__ import annotations
 
-import importlib
-import json
+import importlib.util
 import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 
 import jax
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import harness  # noqa: E402
+import jaxspec
+from jaxspec import benchmarking
+from jaxspec.benchmarking import sweeps
 
-import jaxspec  # noqa: E402
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CHECKPOINTS = os.path.join(REPO, "checkpoints")
 
 BASELINE = flags.DEFINE_string("baseline_commit", None, "The earlier commit to compare with.", required=True)
-TARGET = flags.DEFINE_string("target_model", harness.DEFAULT_TARGET, "Target folder.")
-DRAFT = flags.DEFINE_string("draft_model", harness.DEFAULT_DRAFT, "Draft folder.")
+TARGET = flags.DEFINE_string("target_model", os.path.join(CHECKPOINTS, "gpt2-target"), "Target folder.")
+DRAFT = flags.DEFINE_string("draft_model", os.path.join(CHECKPOINTS, "gpt2-draft-distilled"), "Draft folder.")
 SETTINGS = flags.DEFINE_list(
     "settings", ["0.6:0:1", "0:0:1", "0.6:50:1", "0.6:0:0.9", "0.6:50:0.9"], "temperature:top_k:top_p entries."
 )
@@ -46,23 +46,25 @@ PROMPT_TOKENS = flags.DEFINE_integer("prompt_tokens", 32, "Held-out prompt lengt
 OUT_DIR = flags.DEFINE_string("out_dir", "results/ab_sampler", "Where the JSON goes.")
 
 
-def _log(message: str) -> None:
-    print(time.strftime("%H:%M:%S"), message, flush=True)
-
-
 def import_baseline(commit: str, workdir: str):
-    """The `jaxspec` package of `commit`, importable as `jaxspec_baseline`."""
+    """The `jaxspec` package of `commit`, imported as `jaxspec_baseline`.
+
+    Both versions must live in this one process (interleaved timing), so the
+    old package cannot be imported as `jaxspec`: its files are copied out of a
+    temporary worktree with every `jaxspec` import rewritten, and the copy is
+    loaded from its path with `importlib.util.spec_from_file_location`. Once
+    `jaxspec_baseline` is in `sys.modules` with that folder as its
+    `submodule_search_locations`, its own absolute imports
+    (`jaxspec_baseline.models`, ...) resolve inside the copy, so `sys.path` is
+    never changed and nothing else can pick up the old code by accident.
+    """
     tree = os.path.join(workdir, "tree")
-    subprocess.run(
-        ["git", "-C", harness.REPO, "worktree", "add", "--detach", tree, commit], check=True, capture_output=True
-    )
+    subprocess.run(["git", "-C", REPO, "worktree", "add", "--detach", tree, commit], check=True, capture_output=True)
     try:
         package = os.path.join(workdir, "pkg", "jaxspec_baseline")
         shutil.copytree(os.path.join(tree, "jaxspec"), package)
     finally:
-        subprocess.run(
-            ["git", "-C", harness.REPO, "worktree", "remove", "--force", tree], check=True, capture_output=True
-        )
+        subprocess.run(["git", "-C", REPO, "worktree", "remove", "--force", tree], check=True, capture_output=True)
     for root, _, files in os.walk(package):
         for name in files:
             if name.endswith(".py"):
@@ -71,41 +73,40 @@ def import_baseline(commit: str, workdir: str):
                     text = fh.read()
                 with open(path, "w") as fh:
                     fh.write(re.sub(r"\bjaxspec\b(?=[\.\s])", "jaxspec_baseline", text))
-    sys.path.insert(0, os.path.join(workdir, "pkg"))
-    return importlib.import_module("jaxspec_baseline")
+    spec = importlib.util.spec_from_file_location(
+        "jaxspec_baseline", os.path.join(package, "__init__.py"), submodule_search_locations=[package]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["jaxspec_baseline"] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def main(argv):
     del argv
-    logging.set_verbosity(logging.WARNING)
+    benchmarking.quiet_logs()
     with tempfile.TemporaryDirectory() as workdir:
         versions = {"baseline": import_baseline(BASELINE.value, workdir), "this": jaxspec}
         tokenizer = jaxspec.load_tokenizer(TARGET.value)
-        prompts = harness.heldout_prompts(tokenizer, NUM_RUNS.value + 1, PROMPT_TOKENS.value)
+        prompts = benchmarking.heldout_prompts(tokenizer, NUM_RUNS.value + 1, PROMPT_TOKENS.value)
         methods = {}
         for version, lib in versions.items():
             target, draft = lib.load_model(TARGET.value), lib.load_model(DRAFT.value)
-            for entry in SETTINGS.value:
-                t, k, p = entry.split(":")
-                kw = dict(temperature=float(t), top_k=int(k), top_p=float(p), max_new_tokens=N.value)
-                methods[f"{version} {entry} autoregressive"] = lambda seed, lib=lib, target=target, kw=kw: (
-                    lib.autoregressive_sample(
-                        target, prompts[seed % len(prompts)][None], key=jax.random.key(seed), **kw
-                    )
+            methods.update(
+                sweeps.settings_methods(
+                    target,
+                    draft,
+                    prompts,
+                    SETTINGS.value,
+                    lib=lib,
+                    prefix=f"{version} ",
+                    max_new_tokens=N.value,
+                    num_draft_tokens=K.value,
+                    verify=VERIFY.value,
                 )
-                methods[f"{version} {entry} speculative"] = lambda seed, lib=lib, target=target, draft=draft, kw=kw: (
-                    lib.speculative_sample(
-                        target,
-                        draft,
-                        prompts[seed % len(prompts)][None],
-                        key=jax.random.key(seed),
-                        num_draft_tokens=K.value,
-                        verify=VERIFY.value,
-                        **kw,
-                    )
-                )
-        _log(f"timing {len(methods)} methods x {NUM_RUNS.value} runs, interleaved")
-        timings = harness.time_interleaved(methods, NUM_RUNS.value)
+            )
+        benchmarking.log(f"timing {len(methods)} methods x {NUM_RUNS.value} runs, interleaved")
+        timings = benchmarking.time_interleaved(methods, NUM_RUNS.value)
     rate = {name: N.value / float(np.median(t["times_s"])) for name, t in timings.items()}
     rows = []
     for entry in SETTINGS.value:
@@ -114,7 +115,6 @@ def main(argv):
             rows.append(
                 dict(setting=entry, loop=loop, baseline_tokens_per_s=base, this_tokens_per_s=this, ratio=this / base)
             )
-    os.makedirs(OUT_DIR.value, exist_ok=True)
     report = dict(
         baseline_commit=BASELINE.value,
         N=N.value,
@@ -125,10 +125,8 @@ def main(argv):
         device=str(jax.devices()[0]),
         command="python " + " ".join(sys.argv),
     )
-    with open(os.path.join(OUT_DIR.value, "ab.json"), "w") as fh:
-        json.dump(report, fh, indent=2)
-    fmt = [{k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows]
-    print(harness.format_table(fmt, [(c, c) for c in rows[0]]))
+    benchmarking.write_json(report, os.path.join(OUT_DIR.value, "ab.json"))
+    print(benchmarking.format_table(benchmarking.format_floats(rows), [(c, c) for c in rows[0]]))
     print(f"wrote {OUT_DIR.value}/ab.json")
 
 

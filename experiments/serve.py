@@ -16,27 +16,28 @@ Needs the `serve` extra: pip install -e '.[serve]'.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import sys
 import time
 
 import jax.numpy as jnp
-from absl import app, flags, logging
+from absl import app, flags
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import harness  # noqa: E402
+import jaxspec
+from jaxspec import benchmarking, serving
+from jaxspec.serving.net import is_loopback
 
-import jaxspec  # noqa: E402
-from jaxspec import serving  # noqa: E402
+CHECKPOINTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "checkpoints")
 
 HOST = flags.DEFINE_string("host", "127.0.0.1", "Address to bind; non-loopback needs --allow_remote.")
 PORT = flags.DEFINE_integer("port", 8000, "Port to bind (0 = any free port).", lower_bound=0, upper_bound=65535)
 ALLOW_REMOTE = flags.DEFINE_bool(
     "allow_remote", False, "Permit a non-loopback --host. The server has no authentication and no TLS."
 )
-TARGET = flags.DEFINE_string("target_model", harness.DEFAULT_TARGET, "Target: a folder or hub id.")
-DRAFT = flags.DEFINE_string("draft_model", harness.DEFAULT_DRAFT, "Draft: a folder or hub id.")
+TARGET = flags.DEFINE_string("target_model", os.path.join(CHECKPOINTS, "gpt2-target"), "Target: a folder or hub id.")
+DRAFT = flags.DEFINE_string(
+    "draft_model", os.path.join(CHECKPOINTS, "gpt2-draft-distilled"), "Draft: a folder or hub id."
+)
 DRAFTER = flags.DEFINE_enum(
     "drafter", "model", ["model", "ngram"], "model: --draft_model proposes; ngram: prompt lookup, no draft model."
 )
@@ -71,15 +72,6 @@ def _ints(values, name):
         raise app.UsageError(f"--{name} takes comma-separated integers, got {','.join(values)}") from err
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def build_buckets() -> serving.Buckets:
     default = serving.Buckets.default(MAX_PROMPT.value, MAX_BATCH.value, MAX_TOKENS.value)
     pick = lambda flag, name, fallback: _ints(flag.value, name) if flag.value else fallback
@@ -98,7 +90,7 @@ def main(argv):
             f"--host {HOST.value} is not a loopback address; the server has no authentication. "
             "Pass --allow_remote to bind it anyway."
         )
-    logging.set_verbosity(logging.WARNING)
+    benchmarking.quiet_logs()
     import uvicorn  # the `serve` extra
 
     buckets = build_buckets()

@@ -8,7 +8,6 @@ JSON object of results on the last line of stdout.
 from __future__ import annotations
 
 import os
-import sys
 
 os.environ["JAX_PLATFORMS"] = "cpu"
 os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
@@ -21,12 +20,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.sharding import Mesh, PartitionSpec  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "experiments"))
-sys.path.insert(0, REPO)
-import sharding_hlo  # noqa: E402
-
 import jaxspec  # noqa: E402
+from jaxspec.benchmarking import hlo  # noqa: E402
 from jaxspec.testing import random_model, tiny_config  # noqa: E402
 
 # Tiny compiles dominate: trade run-time optimisation for compile time.
@@ -120,7 +115,7 @@ def check_errors() -> dict:
 
 def check_hlo() -> dict:
     return {
-        name: sharding_hlo.report(config, "1x4", batch=1, cache_length=16)
+        name: hlo.report(config, "1x4", batch=1, cache_length=16)
         for name, config in (("gpt2", "tiny-gpt2"), ("opt", "tiny-opt"))
     }
 

@@ -1,5 +1,6 @@
 """jaxspec.benchmarking: each metric against hand counts, timing order, tables, prompts, the cost model, HLO parsing."""
 
+import dataclasses
 import doctest
 import types
 
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 
 from jaxspec import benchmarking
-from jaxspec.benchmarking import costs, hlo, load_test, metrics, prompts, sizes, sweeps, tables, timing
+from jaxspec.benchmarking import configs, costs, hlo, load_test, metrics, prompts, sizes, sweeps, tables, timing
 from jaxspec.serving import net
 
 
@@ -213,6 +214,48 @@ def test_load_test_report_text():
     assert text.endswith("XLA compilations during the test: 0")
 
 
-@pytest.mark.parametrize("module", [metrics, timing, tables, costs, sweeps, net, prompts])
+@pytest.mark.parametrize("module", [configs, metrics, timing, tables, costs, sweeps, net, prompts])
 def test_docstring_examples(module):
     assert doctest.testmod(module).failed == 0
+
+
+def test_from_flags_reads_each_field_from_its_flag():
+    values = dict(
+        target_model="t",
+        draft_model="d",
+        mode="size",
+        settings=["0:0:1"],
+        settings_K=2,
+        acceptance_rows=4,
+        K=["1", "3"],
+        temperatures=["0", "0.5"],
+        batch_sizes=["2"],
+        ngram_K=3,
+        verify=["block"],
+        N=8,
+        prompt_tokens=4,
+        num_runs=1,
+    )
+    flag_values = {name: types.SimpleNamespace(value=v) for name, v in values.items()}
+    config = benchmarking.from_flags(sweeps.BenchmarkConfig, flag_values, size_pairs=("gpt2:gpt2",))
+    assert config.K == (1, 3) and config.temperatures == (0.0, 0.5) and config.batch_sizes == (2,)
+    assert config.verify == ("block",) and config.size_pairs == ("gpt2:gpt2",) and config.mode == "size"
+    with pytest.raises(KeyError):
+        benchmarking.from_flags(sweeps.BenchmarkConfig, flag_values)  # no size_pairs flag
+
+
+def test_from_flags_check_failures_are_usage_errors():
+    from absl import app
+
+    flag_values = {"K": types.SimpleNamespace(value=["0"])}
+
+    @dataclasses.dataclass(frozen=True)
+    class Run:
+        K: tuple[int, ...]
+
+    def check(config):
+        if 0 in config.K:
+            raise ValueError("--K must be positive")
+
+    with pytest.raises(app.UsageError, match="--K must be positive"):
+        benchmarking.from_flags(Run, flag_values, check=check)

@@ -10,6 +10,7 @@ import pytest
 
 import jaxspec
 from jaxspec.testing import random_model, tiny_config
+from jaxspec.training import train_tokenizer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENTS = os.path.join(REPO, "experiments")
@@ -18,12 +19,9 @@ EXPERIMENTS = os.path.join(REPO, "experiments")
 @pytest.fixture(scope="module")
 def tiny_pair(tmp_path_factory):
     """A tokenizer + tiny GPT-2 target + tiny OPT draft saved as HF folders."""
-    sys.path.insert(0, EXPERIMENTS)
-    import training
-
     root = tmp_path_factory.mktemp("pair")
     texts = ["def f(x):\n    return x + 1\n", "import os\nprint(os.getcwd())\n"] * 20
-    tokenizer = training.train_tokenizer(texts, 300, str(root / "tok"))
+    tokenizer = train_tokenizer(texts, 300, str(root / "tok"))
     vocab = len(tokenizer)
     eos = tokenizer.eos_token_id
     folders = {}

@@ -12,6 +12,7 @@ Building blocks:
   costs: per-call costs of the loops and the speedup they predict (`LoopCosts`).
   prompts: `heldout_prompts` (files the shipped pair never trained on), `ngram_prompt_sets`.
   sizes: Hugging Face architectures for random-weight measurements.
+  configs: `from_flags`, a config dataclass filled from the flags of its field names.
   tables, provenance, logs: text output (tables, JSON/CSV files, marked tokens, one line per event).
 
 Experiments (a frozen config dataclass in, a report dict out):
@@ -21,6 +22,7 @@ Experiments (a frozen config dataclass in, a report dict out):
   readme: the README's tables rendered from the results the scripts wrote.
 """
 
+from jaxspec.benchmarking.configs import from_flags
 from jaxspec.benchmarking.costs import (
     LoopCosts,
     call_cost_ms,
@@ -62,6 +64,7 @@ __all__ = [
     "call_loop",
     "format_floats",
     "format_table",
+    "from_flags",
     "heldout_prompts",
     "log",
     "loop_costs",

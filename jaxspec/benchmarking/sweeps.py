@@ -140,6 +140,36 @@ def settings_methods(
     return methods
 
 
+def decode_methods(
+    target, prompt_of: Callable[[int], np.ndarray], proposals: dict, *, max_new_tokens: int, temperature: float
+) -> dict[str, Callable[[int], object]]:
+    """Methods for `time_interleaved`: "autoregressive", then one speculative method per proposal.
+
+    Args:
+      target: the target model.
+      prompt_of: run seed -> int32 [B, P] prompts of that run (each run uses key `seed` too).
+      proposals: name -> (drafter, K, verification rule).
+      max_new_tokens, temperature: of every method.
+    """
+    methods = {
+        "autoregressive": lambda seed: jaxspec.autoregressive_sample(
+            target, prompt_of(seed), key=jax.random.key(seed), max_new_tokens=max_new_tokens, temperature=temperature
+        )
+    }
+    for name, (drafter, k, verify) in proposals.items():
+        methods[name] = lambda seed, d=drafter, k=k, v=verify: jaxspec.speculative_sample(
+            target,
+            d,
+            prompt_of(seed),
+            key=jax.random.key(seed),
+            max_new_tokens=max_new_tokens,
+            num_draft_tokens=k,
+            temperature=temperature,
+            verify=v,
+        )
+    return methods
+
+
 def _load_pair(config: BenchmarkConfig):
     target = jaxspec.load_model(config.target_model)
     draft = jaxspec.load_model(config.draft_model)
@@ -223,23 +253,8 @@ def sweep(config: BenchmarkConfig, log: Callable[[str], None]) -> dict:
             def batch_of(seed, b=b):
                 return np.repeat(prompts[seed % len(prompts)][None], b, axis=0)
 
-            methods = {
-                "autoregressive": lambda seed, t=t: jaxspec.autoregressive_sample(
-                    target, batch_of(seed), key=jax.random.key(seed), max_new_tokens=n, temperature=t
-                )
-            }
-            for k in ks:
-                for v in rules:
-                    methods[f"K={k} {v}"] = lambda seed, k=k, t=t, v=v: jaxspec.speculative_sample(
-                        target,
-                        draft,
-                        batch_of(seed),
-                        key=jax.random.key(seed),
-                        max_new_tokens=n,
-                        num_draft_tokens=k,
-                        temperature=t,
-                        verify=v,
-                    )
+            proposals = {f"K={k} {v}": (draft, k, v) for k in ks for v in rules}
+            methods = decode_methods(target, batch_of, proposals, max_new_tokens=n, temperature=t)
             timings, results = time_interleaved(methods, config.num_runs, keep_results=True)
             for k in ks:
                 for v in rules:
@@ -392,29 +407,15 @@ def ngram(config: BenchmarkConfig, log: Callable[[str], None]) -> dict:
     k = config.ngram_K
     sets = ngram_prompt_sets(tokenizer, config.num_runs + 1, config.prompt_tokens)
     proposers = {
-        "ngram tokenwise": (jaxspec.NgramDrafter(max_ngram=3), "tokenwise"),
-        "ngram block": (jaxspec.NgramDrafter(max_ngram=3), "block"),
-        "draft model": (draft, "tokenwise"),
+        "ngram tokenwise": (jaxspec.NgramDrafter(max_ngram=3), k, "tokenwise"),
+        "ngram block": (jaxspec.NgramDrafter(max_ngram=3), k, "block"),
+        "draft model": (draft, k, "tokenwise"),
     }
     rows, done, total, start = [], 0, len(sets) * len(config.temperatures), time.perf_counter()
     for set_name, prompts in sets.items():
         for t in config.temperatures:
-            methods = {
-                "autoregressive": lambda seed, t=t, p=prompts: jaxspec.autoregressive_sample(
-                    target, p[seed % len(p)][None], key=jax.random.key(seed), max_new_tokens=config.N, temperature=t
-                )
-            }
-            for name, (proposer, verify) in proposers.items():
-                methods[name] = lambda seed, t=t, p=prompts, d=proposer, v=verify: jaxspec.speculative_sample(
-                    target,
-                    d,
-                    p[seed % len(p)][None],
-                    key=jax.random.key(seed),
-                    max_new_tokens=config.N,
-                    num_draft_tokens=k,
-                    temperature=t,
-                    verify=v,
-                )
+            prompt_of = lambda seed, p=prompts: p[seed % len(p)][None]
+            methods = decode_methods(target, prompt_of, proposers, max_new_tokens=config.N, temperature=t)
             timings = time_interleaved(methods, config.num_runs)
             ar_mean, _ = mean_std(timings["autoregressive"]["times_s"])
             for name in proposers:
