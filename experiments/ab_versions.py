@@ -28,6 +28,7 @@ from absl import app, flags
 import jaxspec
 from jaxspec import benchmarking
 from jaxspec.benchmarking import sweeps
+from jaxspec.sampling.accept import VERIFICATION_RULES
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHECKPOINTS = os.path.join(REPO, "checkpoints")
@@ -40,7 +41,7 @@ SETTINGS = flags.DEFINE_list(
 )
 N = flags.DEFINE_integer("N", 128, "New tokens per run.", lower_bound=1)
 K = flags.DEFINE_integer("K", 5, "Draft tokens per round.", lower_bound=1)
-VERIFY = flags.DEFINE_enum("verify", "block", ["tokenwise", "block"], "Verification rule.")
+VERIFY = flags.DEFINE_enum("verify", "block", list(VERIFICATION_RULES), "Verification rule.")
 NUM_RUNS = flags.DEFINE_integer("num_runs", 12, "Timed runs per method (each another prompt).", lower_bound=1)
 PROMPT_TOKENS = flags.DEFINE_integer("prompt_tokens", 32, "Held-out prompt length.", lower_bound=1)
 OUT_DIR = flags.DEFINE_string("out_dir", "results/ab_sampler", "Where the JSON goes.")

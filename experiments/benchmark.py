@@ -57,6 +57,7 @@ from absl import app, flags
 
 from jaxspec import benchmarking
 from jaxspec.benchmarking import plots, sweeps
+from jaxspec.sampling.accept import VERIFICATION_RULES
 
 CHECKPOINTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "checkpoints")
 
@@ -76,7 +77,12 @@ flags.DEFINE_list("K", ["1", "2", "3", "4", "6", "8"], "Draft lengths to sweep."
 flags.DEFINE_list("temperatures", ["0", "0.6", "1.0"], "Temperatures to sweep.")
 flags.DEFINE_list("batch_sizes", ["1", "4", "16"], "Batch sizes to sweep.")
 flags.DEFINE_integer("ngram_K", 4, "Draft tokens per round in ngram mode.", lower_bound=1)
-flags.DEFINE_list("verify", ["tokenwise", "block"], "Verification rules to sweep.")
+flags.DEFINE_list("verify", list(VERIFICATION_RULES), "Verification rules to sweep.")
+flags.register_validator(
+    "verify",
+    lambda rules: all(r in VERIFICATION_RULES for r in rules),
+    message=f"--verify takes rules of {list(VERIFICATION_RULES)}",
+)
 flags.DEFINE_integer("N", 64, "New tokens per row.", lower_bound=1)
 flags.DEFINE_integer("prompt_tokens", 32, "Prompt length (tokens) cut from held-out files.")
 flags.DEFINE_integer("num_runs", 3, "Timed runs per cell (each with another prompt).", lower_bound=1)

@@ -5,6 +5,7 @@
     python experiments/compare.py --input_str "def f(x):" --num_runs 5   # one prompt of yours
     python experiments/compare.py --verify tokenwise    # Leviathan et al.'s rule instead of block
     python experiments/compare.py --drafter ngram       # prompt lookup, no draft model
+    python experiments/compare.py --drafter self --self_draft_layers 2  # the target's first 2 layers
     python experiments/compare.py --target_model gpt2-large --draft_model gpt2   # hub ids (needs network)
 
 By default each method decodes --num_prompts held-out prompts (the first
@@ -32,6 +33,7 @@ from absl import app, flags
 import jaxspec
 from jaxspec import benchmarking
 from jaxspec.benchmarking import comparison
+from jaxspec.sampling.accept import VERIFICATION_RULES
 
 CHECKPOINTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "checkpoints")
 
@@ -51,10 +53,15 @@ flags.DEFINE_float("top_p", 1.0, "Nucleus mass in (0, 1]; 1 = off.")
 flags.DEFINE_integer("batch_size", 1, "Copies of the prompt decoded together.", lower_bound=1)
 flags.DEFINE_integer("seed", 0, "Base seed; run i uses seed + i.")
 flags.DEFINE_enum(
-    "drafter", "model", ["model", "ngram"], "model: --draft_model proposes; ngram: prompt lookup, no draft model."
+    "drafter",
+    "model",
+    ["model", "ngram", "self"],
+    "model: --draft_model proposes; ngram: prompt lookup, no draft model; self: the target's first "
+    "--self_draft_layers layers and its own head (LayerSkip-style early exit).",
 )
 flags.DEFINE_integer("max_ngram", 3, "Longest suffix prompt lookup matches (--drafter=ngram).", lower_bound=1)
-flags.DEFINE_enum("verify", "block", ["tokenwise", "block"], "Verification rule.")
+flags.DEFINE_integer("self_draft_layers", 1, "Target layers a self-draft runs (--drafter=self).", lower_bound=1)
+flags.DEFINE_enum("verify", "block", list(VERIFICATION_RULES), "Verification rule.")
 flags.DEFINE_enum("method", "both", ["both", "speculative", "autoregressive"], "What to run.")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Parameter/compute dtype.")
 flags.DEFINE_bool("verbose", False, "Show each speculative token's provenance (colour or markers); -v too.")

@@ -25,6 +25,7 @@ from absl import app, flags
 
 import jaxspec
 from jaxspec import benchmarking, serving
+from jaxspec.sampling.accept import VERIFICATION_RULES
 from jaxspec.serving.net import is_loopback
 
 CHECKPOINTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "checkpoints")
@@ -39,12 +40,19 @@ DRAFT = flags.DEFINE_string(
     "draft_model", os.path.join(CHECKPOINTS, "gpt2-draft-distilled"), "Draft: a folder or hub id."
 )
 DRAFTER = flags.DEFINE_enum(
-    "drafter", "model", ["model", "ngram"], "model: --draft_model proposes; ngram: prompt lookup, no draft model."
+    "drafter",
+    "model",
+    ["model", "ngram", "self"],
+    "model: --draft_model proposes; ngram: prompt lookup, no draft model; self: the target's first "
+    "--self_draft_layers layers.",
 )
 NGRAM = flags.DEFINE_integer("max_ngram", 3, "Longest suffix prompt lookup matches (--drafter=ngram).", lower_bound=1)
+SELF_LAYERS = flags.DEFINE_integer(
+    "self_draft_layers", 1, "Target layers a self-draft runs (--drafter=self).", lower_bound=1
+)
 DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Parameter/compute dtype.")
 K = flags.DEFINE_integer("K", 4, "Draft tokens per round.", lower_bound=1)
-VERIFY = flags.DEFINE_enum("verify", "tokenwise", ["tokenwise", "block"], "Verification rule.")
+VERIFY = flags.DEFINE_enum("verify", "tokenwise", list(VERIFICATION_RULES), "Verification rule.")
 MAX_BATCH = flags.DEFINE_integer("max_batch", 8, "Most rows in one generation call.", lower_bound=1)
 MAX_TOKENS = flags.DEFINE_integer("max_tokens", 64, "Largest max_tokens a request may ask for.", lower_bound=1)
 MAX_PROMPT = flags.DEFINE_integer("max_prompt_tokens", 64, "Longest prompt accepted, in tokens.", lower_bound=1)
@@ -101,6 +109,8 @@ def main(argv):
         target = jaxspec.load_model(TARGET.value, dtype=dtype)
         if DRAFTER.value == "model":
             draft = jaxspec.load_model(DRAFT.value, dtype=dtype)
+        elif DRAFTER.value == "self":
+            draft = jaxspec.SelfDrafter.first_layers(target, SELF_LAYERS.value)
         else:
             draft = jaxspec.NgramDrafter(max_ngram=NGRAM.value)
         tokenizer = jaxspec.load_tokenizer(TARGET.value)

@@ -1,4 +1,4 @@
-"""Trains the shipped default pair: a GPT-2 target, a GPT-2 draft and an OPT draft.
+"""Trains the shipped models: a GPT-2 target and GPT-2, OPT and Llama-architecture drafts.
 
 Corpus: the running interpreter's standard library (.py files), optionally more
 folders; deterministic 95/5 train/held-out split by path hash. Tokenizer: a
@@ -7,9 +7,10 @@ byte-level BPE trained on the training split. Models: trained with optax
 saved with `jaxspec.save_model` (fp16 storage) plus tokenizer files and a model
 card, so both jaxspec and transformers load each folder offline.
 
-    python experiments/train_pair.py                      # ~55 min on 2 CPU cores (default budgets: 60 + 2 x 7 min)
+    python experiments/train_pair.py                      # ~90 min on 2 CPU cores (default budgets: 60 + 3 x 7 min)
     python experiments/train_pair.py --target_minutes 2 --draft_minutes 1 --out_dir /tmp/pair  # smoke run
     python experiments/train_pair.py --models gpt2-target --target_minutes 35   # retrain one model
+    python experiments/train_pair.py --models llama-draft   # add the Llama-architecture draft
 
 With --models naming a subset, the others are kept as they are in --out_dir: the
 tokenizer is taken from their folders (so ids stay compatible), their reports
@@ -25,7 +26,7 @@ from absl import app, flags
 
 from jaxspec import benchmarking, training
 
-flags.DEFINE_string("out_dir", "checkpoints", "Where the three model folders are written.")
+flags.DEFINE_string("out_dir", "checkpoints", "Where the model folders are written.")
 flags.DEFINE_list("extra_dirs", [], "More folders of .py files for the corpus (e.g. site-packages).")
 flags.DEFINE_integer("vocab_size", 4096, "BPE vocabulary size.")
 flags.DEFINE_integer("context", 256, "Training context and max_position_embeddings.")

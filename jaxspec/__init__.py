@@ -1,9 +1,11 @@
 """jaxspec: exact speculative sampling in JAX/Flax.
 
 Public API:
-  speculative_sample, autoregressive_sample: the on-device generation loops.
-  ModelDrafter, NgramDrafter: what proposes draft tokens (a model or prompt lookup).
-  load_model, save_model, load_tokenizer: Hugging Face checkpoints (GPT-2, OPT).
+  speculative_sample, autoregressive_sample: the on-device generation loops;
+    tree_speculative_sample: a draft tree verified in one target pass.
+  ModelDrafter, NgramDrafter, SelfDrafter: what proposes draft tokens (a model, prompt
+    lookup, or the target through a subset of its own layers).
+  load_model, save_model, load_tokenizer: Hugging Face checkpoints (GPT-2, OPT, Llama, Mistral, Qwen2).
   Model, KVCache, DecoderConfig: the model pytree, its cache and architecture.
   quantize_model, dequantize_model, params_bytes: int8 weight-only kernels.
   SamplingConfig: temperature / top-k / top-p settings (validated).
@@ -16,9 +18,11 @@ from jaxspec.generation import (
     Drafter,
     ModelDrafter,
     NgramDrafter,
+    SelfDrafter,
     SpeculativeResult,
     autoregressive_sample,
     speculative_sample,
+    tree_speculative_sample,
 )
 from jaxspec.loading import CheckpointError, load_model, load_tokenizer, params_bytes, save_model
 from jaxspec.models import (
@@ -49,6 +53,7 @@ __all__ = [
     "NgramDrafter",
     "QuantizedKernel",
     "SamplingConfig",
+    "SelfDrafter",
     "SpeculativeResult",
     "UnsupportedModelError",
     "autoregressive_sample",
@@ -63,4 +68,5 @@ __all__ = [
     "save_model",
     "shard_model",
     "speculative_sample",
+    "tree_speculative_sample",
 ]

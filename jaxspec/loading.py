@@ -1,4 +1,4 @@
-"""Loading and saving Hugging Face checkpoints (GPT-2 and OPT families).
+"""Loading and saving Hugging Face checkpoints (GPT-2, OPT, Llama, Mistral, Qwen2).
 
 Formats read: ``model.safetensors``, sharded safetensors
 (``model.safetensors.index.json``) and Hugging Face Flax ``flax_model.msgpack``.
@@ -183,7 +183,7 @@ def load_model(
     model_axis: str = "model",
     data_axis: str | None = None,
 ) -> Model:
-    """Loads a GPT-2 or OPT checkpoint in Hugging Face format.
+    """Loads a GPT-2, OPT, Llama, Mistral or Qwen2 checkpoint in Hugging Face format.
 
     Args:
       name_or_path: a local folder (works offline) or a Hugging Face hub id,
@@ -204,7 +204,9 @@ def load_model(
       FileNotFoundError: the local folder does not exist.
       CheckpointError: missing ``config.json`` or weights, corrupt or truncated
         files, weights that do not match the config, a refused pickle.
-      UnsupportedModelError: a ``model_type`` other than gpt2 or opt.
+      UnsupportedModelError: a ``model_type`` jaxspec does not implement (the
+        message lists `SUPPORTED_MODEL_TYPES`), or an option it does not (e.g.
+        a RoPE type other than default / linear / llama3).
       ValueError: `quantize` is not None or ``"int8"``; with `mesh`, a head
         count or MLP width that the model axis size does not divide.
     """

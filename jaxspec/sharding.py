@@ -10,6 +10,19 @@
   logits are replicated), LayerNorms, the biases of the row-parallel layers,
   OPT's ``project_in`` / ``project_out`` and an untied ``lm_head``.
 
+Llama family (Llama, Mistral, Qwen2; separate ``q`` / ``k`` / ``v`` and a
+SwiGLU MLP): ``q``, ``fc_gate`` and ``fc_in`` are column-parallel, ``attn_out``
+and ``fc_out`` row-parallel, as above. The grouped-query KV heads follow one
+rule: **K KV heads are split over a model axis of size n when n divides K,
+and replicated otherwise.** Split (e.g. K = 8 on n = 4 or 8), device d holds
+KV heads d*K/n .. (d+1)*K/n - 1 and exactly the query heads that read them,
+so attention needs no communication and the cache is sharded over its KV
+heads. Replicated (e.g. K = 2 on n = 4, or multi-query K = 1), every device
+computes all K KV heads (the k/v projections are small) and keeps the whole
+cache, while the query heads (which n must divide) stay split; that trades
+K/n-fold cache memory per device for no extra collectives. `ModelSharding`'s
+``model_axis`` is None in that case (the cache is not split over heads).
+
 Layer params are stacked on a leading layer axis (the decoder scans over
 layers), so every spec starts with ``None`` for it. The fused qkv kernel
 [L, D, 3D] is stored head-major (output features ordered head, q/k/v, head
@@ -66,8 +79,9 @@ class ModelSharding:
 
     Attributes:
       mesh: the device mesh (Auto axis types, so XLA propagates shardings).
-      model_axis: mesh axis the attention heads are split over (None: heads
-        replicated, e.g. a draft replicated with rules).
+      model_axis: mesh axis the cache's (key/value) heads are split over (None:
+        replicated, e.g. a draft replicated with rules, or Llama-family KV heads
+        that the axis size does not divide).
       data_axis: optional mesh axis the batch rows of caches are split over.
     """
 
@@ -98,20 +112,29 @@ class ModelSharding:
         )
 
 
-def default_rules(model_type: str = "gpt2", model_axis: str = "model") -> tuple[tuple[str, PartitionSpec], ...]:
-    """The Megatron-style rules for GPT-2 and OPT (one table: they share param names).
+def default_rules(
+    model_type: str = "gpt2", model_axis: str = "model", *, split_kv_heads: bool = True
+) -> tuple[tuple[str, PartitionSpec], ...]:
+    """The Megatron-style rules (one table: the families' param names do not collide).
 
     Args:
-      model_type: ``"gpt2"`` or ``"opt"``.
+      model_type: one of `SUPPORTED_MODEL_TYPES`.
       model_axis: the mesh axis name to shard over.
+      split_kv_heads: Llama family: split the ``k`` / ``v`` projections (and so
+        the cache) over the axis; `shard_model` passes whether the axis size
+        divides the KV head count. False replicates them.
     """
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise ValueError(f"no default sharding rules for model_type={model_type!r}; pass rules=.")
     m = model_axis
+    kv = m if split_kv_heads else None
     return (
         # Column-parallel [L, in, out]: output features (heads / hidden units) split.
-        (r"^blocks/(qkv|fc_in)/kernel(/values)?$", PartitionSpec(None, None, m)),
-        (r"^blocks/(qkv|fc_in)/(bias|kernel/scale)$", PartitionSpec(None, m)),
+        (r"^blocks/(qkv|q|fc_gate|fc_in)/kernel(/values)?$", PartitionSpec(None, None, m)),
+        (r"^blocks/(qkv|q|fc_gate|fc_in)/(bias|kernel/scale)$", PartitionSpec(None, m)),
+        # Llama-family KV heads: split where the axis size divides them, else replicated.
+        (r"^blocks/(k|v)/kernel(/values)?$", PartitionSpec(None, None, kv)),
+        (r"^blocks/(k|v)/(bias|kernel/scale)$", PartitionSpec(None, kv)),
         # Row-parallel [L, in, out]: input features split; the partial sums are all-reduced.
         (r"^blocks/(attn_out|fc_out)/kernel(/values)?$", PartitionSpec(None, m, None)),
         # Everything else (embeddings, LayerNorms, row-parallel biases and scales,
@@ -134,11 +157,19 @@ def _kernel_spec(specs: Any, module: str) -> PartitionSpec:
     return kernel if isinstance(kernel, PartitionSpec) else kernel.values
 
 
+def _heads_module(config: DecoderConfig, kv: bool = False) -> str:
+    """The block module whose output features are the (query / key-value) heads."""
+    if not config.is_llama_family:
+        return "qkv"
+    return "k" if kv else "q"
+
+
 def _check_divisible(config: DecoderConfig, mesh: Mesh, model_axis: str, specs: Any) -> None:
     """Whole heads and equal MLP shares per device, or a ValueError that says how to get them."""
     size = mesh.shape[model_axis]
     checks = (
-        ("num_heads (attention heads)", config.num_heads, "qkv"),
+        ("num_heads (attention heads)", config.num_heads, _heads_module(config)),
+        ("num_key_value_heads", config.num_kv_heads, _heads_module(config, kv=True)),
         ("ffn_size (MLP width)", config.ffn_size, "fc_in"),
     )
     for what, count, module in checks:
@@ -160,9 +191,18 @@ def _auto_mesh(mesh: Mesh) -> Mesh:
     return Mesh(mesh.devices, mesh.axis_names, axis_types=(auto,) * len(mesh.axis_names))
 
 
-def param_specs(model: Model, rules: Rules | None = None, *, model_axis: str = "model") -> Any:
-    """The PartitionSpec of every param of `model` (a pytree like `model.params`)."""
-    table = [*(rules or ()), *default_rules(model.config.model_type, model_axis)]
+def param_specs(
+    model: Model, rules: Rules | None = None, *, model_axis: str = "model", mesh: Mesh | None = None
+) -> Any:
+    """The PartitionSpec of every param of `model` (a pytree like `model.params`).
+
+    With `mesh`, Llama-family KV heads are split only if the size of
+    `model_axis` divides their count (see the module docstring); without it,
+    they are split.
+    """
+    cfg = model.config
+    split_kv = mesh is None or model_axis not in mesh.shape or cfg.num_kv_heads % mesh.shape[model_axis] == 0
+    table = [*(rules or ()), *default_rules(cfg.model_type, model_axis, split_kv_heads=split_kv)]
     compiled = [(re.compile(pattern), spec) for pattern, spec in table]
 
     def spec_of(path, leaf):
@@ -219,19 +259,21 @@ def shard_model(
       generation functions as is.
 
     Raises:
-      ValueError: a missing mesh axis, a head count or MLP width that the model
-        axis size does not divide, or a rule that does not fit a param.
+      ValueError: a missing mesh axis, a (query) head count or MLP width that
+        the model axis size does not divide (Llama-family KV heads it does not
+        divide are replicated instead), or a rule that does not fit a param.
     """
     for axis in (model_axis, data_axis):
         if axis is not None and axis not in mesh.axis_names:
             raise ValueError(f"mesh has axes {mesh.axis_names}, not {axis!r}; pass model_axis=/data_axis= to match.")
     if model_axis == data_axis:
         raise ValueError(f"model_axis and data_axis must differ, both are {model_axis!r}.")
-    specs = param_specs(model, rules, model_axis=model_axis)
+    specs = param_specs(model, rules, model_axis=model_axis, mesh=mesh)
     _check_divisible(model.config, mesh, model_axis, specs)
     mesh = _auto_mesh(mesh)
     params = jax.tree_util.tree_map_with_path(
         lambda path, x, spec: _place(_path_str(path), x, NamedSharding(mesh, spec)), model.params, specs
     )
-    heads_axis = model_axis if _sharded_over(_kernel_spec(specs, "qkv"), model_axis) else None
+    kv_module = _heads_module(model.config, kv=True)
+    heads_axis = model_axis if _sharded_over(_kernel_spec(specs, kv_module), model_axis) else None
     return model.replace(params=params, sharding=ModelSharding(mesh, heads_axis, data_axis))

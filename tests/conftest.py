@@ -7,6 +7,8 @@ import pytest
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 GOLDEN_MODELS = ("gpt2_tiny", "opt_tiny", "opt_350m_style", "opt_proj_preln")
+# Llama family (tests/test_llama.py): see tests/make_golden.py for what each covers.
+LLAMA_GOLDEN_MODELS = ("llama_gqa", "llama_mha_linear", "llama3_rope", "qwen2_tiny", "mistral_tiny")
 
 
 def fixture_path(name: str) -> str:

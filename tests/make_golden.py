@@ -2,7 +2,8 @@
 
 Run once, with torch installed (``pip install torch==2.13.0``)::
 
-    python tests/make_golden.py
+    python tests/make_golden.py              # every fixture
+    python tests/make_golden.py llama_gqa    # only the named ones
 
 For each tiny config below, transformers builds a random model (weights drawn
 wider than HF's default N(0, 0.02) so logits are far from uniform and a wrong
@@ -12,6 +13,8 @@ mapping cannot hide), saves it with ``save_pretrained`` to
 """
 
 import os
+import sys
+import zlib
 
 import numpy as np
 import torch
@@ -74,11 +77,62 @@ CONFIGS = {
     ),
 }
 
+# The Llama family: vocab 64, width 16, 2 layers, 4 query heads. Between them
+# they cover GQA, MQA and MHA; RoPE default, linear and llama3 (theta 100 and
+# an original context of 32 put one frequency in each llama3 band: kept,
+# interpolated, divided); tied and untied heads; an explicit head_dim that is
+# not width / heads; Llama's attention and MLP biases, Qwen2's q/k/v biases;
+# Mistral's sliding window (5, shorter than the 12 golden tokens).
+_LLAMA_BASE = dict(
+    vocab_size=64,
+    hidden_size=16,
+    intermediate_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    max_position_embeddings=64,
+    bos_token_id=0,
+    eos_token_id=1,
+)
+LLAMA_CONFIGS = {
+    "llama_gqa": transformers.LlamaConfig(**_LLAMA_BASE, num_key_value_heads=2, tie_word_embeddings=False),
+    "llama_mha_linear": transformers.LlamaConfig(
+        **_LLAMA_BASE,
+        num_key_value_heads=4,
+        tie_word_embeddings=True,
+        attention_bias=True,
+        mlp_bias=True,
+        rope_parameters=dict(rope_type="linear", factor=4.0, rope_theta=10000.0),
+    ),
+    "llama3_rope": transformers.LlamaConfig(
+        **_LLAMA_BASE,
+        num_key_value_heads=1,
+        head_dim=8,
+        tie_word_embeddings=False,
+        rope_parameters=dict(
+            rope_type="llama3",
+            rope_theta=100.0,
+            factor=8.0,
+            low_freq_factor=1.0,
+            high_freq_factor=4.0,
+            original_max_position_embeddings=32,
+        ),
+    ),
+    "qwen2_tiny": transformers.Qwen2Config(**_LLAMA_BASE, num_key_value_heads=2, tie_word_embeddings=True),
+    "mistral_tiny": transformers.MistralConfig(
+        **_LLAMA_BASE, num_key_value_heads=2, tie_word_embeddings=False, sliding_window=5
+    ),
+}
 
-def main():
+
+def main(names):
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
-    for name, config in CONFIGS.items():
+    for name, config in {**CONFIGS, **LLAMA_CONFIGS}.items():
+        if names and name not in names:
+            continue
+        if name in LLAMA_CONFIGS:  # seeded by name: each regenerates alone
+            torch.manual_seed(zlib.crc32(name.encode()))
+            rng = np.random.default_rng(zlib.crc32(name.encode()))
         model = transformers.AutoModelForCausalLM.from_config(config).eval()
         with torch.no_grad():
             for param in model.parameters():
@@ -97,4 +151,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jaxspec.generation.common import ACCEPTED_DRAFT as A
-from jaxspec.generation.common import BONUS as B
-from jaxspec.generation.common import RESAMPLED as R
+from jaxspec.generation.provenance import ACCEPTED_DRAFT as A
+from jaxspec.generation.provenance import BONUS as B
+from jaxspec.generation.provenance import RESAMPLED as R
 from jaxspec.sampling import SamplingConfig
 from jaxspec.serving import batching
 from jaxspec.serving.batching import Buckets, Counters

@@ -1,4 +1,4 @@
-"""Tests for block verification, jaxspec.sampling.kernel.verify_block (Sun et al. 2024, Algorithm 2).
+"""Tests for block verification, jaxspec.sampling.accept.verify_block (Sun et al. 2024, Algorithm 2).
 
 Two layers. A float64 numpy reference enumerates every draft block of a small
 context-free case (position-dependent p_n, q_n; drafts independent across
@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from stats import chi_square_power, chi_square_test
 
-from jaxspec.sampling.kernel import VerifyResult, _block_weights, verify_block, verify_tokenwise
+from jaxspec.sampling.accept import VerifyResult, _block_weights, verify_block, verify_tokenwise
 from jaxspec.sampling.processing import SamplingConfig, processed_probs, sample_from_probs
 
 ALPHA = 1e-3

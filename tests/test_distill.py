@@ -11,6 +11,8 @@ import jaxspec
 from jaxspec.testing import random_model, tiny_config
 from jaxspec.training import train_tokenizer
 
+pytestmark = pytest.mark.integration  # subprocess runs: the integration tier
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENTS = os.path.join(REPO, "experiments")
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from jaxspec import NgramDrafter, autoregressive_sample, speculative_sample
-from jaxspec.generation.common import ACCEPTED_DRAFT, BONUS, RESAMPLED
+from jaxspec.generation.provenance import ACCEPTED_DRAFT, BONUS, RESAMPLED
 from jaxspec.testing import random_model, tiny_config
 
 pytestmark = pytest.mark.usefixtures("fast_compile")

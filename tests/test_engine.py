@@ -18,7 +18,7 @@ import pytest
 
 import jaxspec
 from jaxspec import serving
-from jaxspec.generation.common import BONUS
+from jaxspec.generation.provenance import BONUS
 from jaxspec.sampling import SamplingConfig
 from jaxspec.serving.validation import FLOAT32_TINY, MAX_SEED
 from jaxspec.testing import random_model, tiny_config

@@ -28,7 +28,7 @@ import pytest
 from stats import chi_square_power, chi_square_test
 
 from jaxspec import NgramDrafter, autoregressive_sample, speculative_sample
-from jaxspec.generation.common import ACCEPTED_DRAFT
+from jaxspec.generation.provenance import ACCEPTED_DRAFT
 from jaxspec.sampling.processing import SamplingConfig, processed_probs
 from jaxspec.testing import random_model, tiny_config
 

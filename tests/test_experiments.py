@@ -12,6 +12,8 @@ import jaxspec
 from jaxspec.testing import random_model, tiny_config
 from jaxspec.training import train_tokenizer
 
+pytestmark = pytest.mark.integration  # subprocess runs: the integration tier
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENTS = os.path.join(REPO, "experiments")
 
@@ -156,7 +158,7 @@ def test_compare_ngram_drafter_with_block_verification(tiny_pair, tmp_path):
     "flag, message",
     [
         ("--verify=tree", "--verify=tree"),
-        ("--drafter=self", "--drafter=self"),
+        ("--drafter=medusa", "--drafter=medusa"),
         ("--K=0", "--K=0: 0 is not a positive integer"),
         ("--top_p=1.5", "--top_p must lie in (0, 1]"),
         ("--temperature=-1", "--temperature=-1: -1.0 is not a non-negative number"),
@@ -170,6 +172,49 @@ def test_compare_bad_flags_give_one_clear_line(flag, message):
     assert proc.returncode != 0
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_compare_self_drafter(tiny_pair, tmp_path):
+    out = tmp_path / "c.json"
+    proc = _run(
+        "compare.py",
+        f"--target_model={tiny_pair['target']}",
+        "--input_str=def f(x):",
+        "--num_runs=1",
+        "--N=8",
+        "--K=2",
+        "--drafter=self",
+        "--self_draft_layers=1",
+        f"--output_json={out}",
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["draft_model"].startswith("self-draft")
+    assert report["methods"]["speculative"]["generated_tokens"] == 8
+
+
+def test_drafting_end_to_end(tiny_pair, tmp_path):
+    proc = _run(
+        "drafting.py",
+        f"--target_model={tiny_pair['target']}",
+        f"--draft_model={tiny_pair['draft']}",
+        "--methods=chain:block:2,tree:traversal:2x1,tree:recursive:2x1,self:1",
+        "--temperatures=0,1",
+        "--num_prompts=2",
+        "--prompt_tokens=4",
+        "--N=6",
+        f"--out_dir={tmp_path}",
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((tmp_path / "drafting.json").read_text())
+    assert {(r["method"], r["temperature"]) for r in report["rows"]} == {
+        (m, t) for m in ("chain:block:2", "tree:traversal:2x1", "tree:recursive:2x1", "self:1") for t in (0.0, 1.0)
+    }
+    assert {r["verify_positions"] for r in report["rows"] if r["method"].startswith("tree")} == {5}
+    assert len(report["traversal_minus_recursive"]) == 2
+    assert (tmp_path / "drafting.png").exists()
+    bad = _run("drafting.py", "--methods=tree:traversal", f"--out_dir={tmp_path}")
+    assert bad.returncode != 0 and "tree:<rule>" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_compare_prompt_too_long_for_context(tiny_pair):
@@ -290,7 +335,7 @@ def test_vs_transformers_end_to_end(tiny_pair, tmp_path):
 
 
 def test_train_pair_smoke(tmp_path):
-    """The whole pipeline (corpus, BPE, three models, save, model cards) at toy size."""
+    """The whole pipeline (corpus, BPE, four models, save, model cards) at toy size."""
     proc = _run(
         "train_pair.py",
         f"--out_dir={tmp_path}",
@@ -306,7 +351,7 @@ def test_train_pair_smoke(tmp_path):
         timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    for name in ("gpt2-target", "gpt2-draft", "opt-draft"):
+    for name in ("gpt2-target", "gpt2-draft", "opt-draft", "llama-draft"):
         folder = tmp_path / name
         model = jaxspec.load_model(folder)
         assert model.config.max_positions == 16
@@ -314,7 +359,8 @@ def test_train_pair_smoke(tmp_path):
         assert "Held-out loss" in card and "Training command" in card
         assert jaxspec.load_tokenizer(folder)("def f():")["input_ids"]
     summary = json.loads((tmp_path / "training_summary.json").read_text())
-    assert set(summary["models"]) == {"gpt2-target", "gpt2-draft", "opt-draft"}
+    assert set(summary["models"]) == {"gpt2-target", "gpt2-draft", "opt-draft", "llama-draft"}
+    assert jaxspec.load_model(tmp_path / "llama-draft").config.model_type == "llama"
 
     # Retraining one model keeps the others (weights and tokenizer) and rewrites every card's table.
     kept = (tmp_path / "opt-draft" / "model.safetensors").read_bytes()

@@ -8,7 +8,7 @@ import pytest
 
 from jaxspec import autoregressive_sample, speculative_sample
 from jaxspec.generation import autoregressive, speculative
-from jaxspec.generation.common import ACCEPTED_DRAFT, BONUS, NOT_GENERATED, RESAMPLED
+from jaxspec.generation.provenance import ACCEPTED_DRAFT, BONUS, NOT_GENERATED, RESAMPLED
 from jaxspec.testing import random_model, tiny_config
 
 VOCAB = 48

@@ -1,4 +1,4 @@
-"""Tests for jaxspec.sampling.kernel: closed-form exactness, sampled exactness, greedy, shapes.
+"""Tests for jaxspec.sampling.accept: closed-form exactness, sampled exactness, greedy, shapes.
 
 Statistical tests share one design: alpha = 1e-3, fixed seeds (so each either
 always passes or always fails), N = 200,000 draws. Power against an alternative
@@ -20,7 +20,7 @@ import pytest
 from hypothesis import given, settings
 from stats import chi_square_pvalue
 
-from jaxspec.sampling.kernel import (
+from jaxspec.sampling.accept import (
     VerifyResult,
     acceptance_probability,
     residual_distribution,

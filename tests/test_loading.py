@@ -162,8 +162,8 @@ def test_missing_tensor(tmp_path):
 
 def test_unsupported_model_type(tmp_path):
     folder = _copy_fixture("gpt2_tiny", tmp_path)
-    (folder / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    with pytest.raises(UnsupportedModelError, match="model_type='llama'.*gpt2, opt"):
+    (folder / "config.json").write_text(json.dumps({"model_type": "mamba"}))
+    with pytest.raises(UnsupportedModelError, match="model_type='mamba'.*gpt2, opt"):
         jaxspec.load_model(folder)
 
 

@@ -292,6 +292,7 @@ def _script(name, *args, timeout=120):
     )
 
 
+@pytest.mark.integration
 def test_load_test_script(server, tmp_path):
     out = tmp_path / "load.json"
     proc = _script(
@@ -311,6 +312,7 @@ def test_load_test_script(server, tmp_path):
     assert report["greedy_mismatches"] == 0 and report["xla_compiles_during_test"] == 0
 
 
+@pytest.mark.integration
 def test_scripts_refuse_non_loopback_hosts():
     proc = _script("load_test.py", "--url=http://10.1.2.3:8000", "--requests=1")
     assert proc.returncode != 0 and "loopback" in proc.stderr

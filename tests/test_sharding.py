@@ -18,6 +18,8 @@ from jax.sharding import Mesh, PartitionSpec
 import jaxspec
 from jaxspec.testing import random_model, tiny_config
 
+pytestmark = pytest.mark.integration  # subprocess runs: the integration tier
+
 CHECKS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_sharding_checks.py")
 
 

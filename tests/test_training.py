@@ -24,14 +24,17 @@ def test_split_is_deterministic_and_keeps_a_heldout_file(tmp_path):
     assert training.read_texts(paths[:1]) == ["x = 1\n"]
 
 
-def test_decoder_config_of_both_families():
+def test_decoder_config_of_each_family():
     gpt2 = training.decoder_config("gpt2", vocab_size=300, layers=1, width=16, heads=2, context=32, eos=0)
     opt = training.decoder_config("opt", vocab_size=300, layers=1, width=16, heads=2, context=32, eos=0)
     assert (gpt2.model_type, gpt2.max_positions, gpt2.hidden_size) == ("gpt2", 32, 16)
     assert (opt.model_type, opt.max_positions, opt.vocab_size) == ("opt", 32, 300)
     assert gpt2.hf_config["architectures"] == ["GPT2LMHeadModel"]
-    with pytest.raises(ValueError, match="unknown model_type 'llama'"):
-        training.decoder_config("llama", vocab_size=3, layers=1, width=4, heads=1, context=4, eos=0)
+    llama = training.decoder_config("llama", vocab_size=300, layers=1, width=96, heads=3, context=32, eos=0)
+    assert (llama.model_type, llama.ffn_size, llama.tie_word_embeddings) == ("llama", 256, True)
+    assert llama.hf_config["architectures"] == ["LlamaForCausalLM"]
+    with pytest.raises(ValueError, match="unknown model_type 'bert'"):
+        training.decoder_config("bert", vocab_size=3, layers=1, width=4, heads=1, context=4, eos=0)
 
 
 def test_train_fits_min_steps_and_reports(tmp_path):
@@ -74,7 +77,8 @@ def test_train_fits_min_steps_and_reports(tmp_path):
 
 def test_check_config_names_what_is_missing(tmp_path):
     config = training.PairConfig(out_dir=str(tmp_path), models=("gpt2-target",))
-    with pytest.raises(ValueError, match="keeps gpt2-draft, opt-draft, but .* lacks gpt2-draft, opt-draft"):
+    drafts = "gpt2-draft, opt-draft, llama-draft"
+    with pytest.raises(ValueError, match=f"keeps {drafts}, but .* lacks {drafts}"):
         training.check_config(config)
     full = training.PairConfig(out_dir=str(tmp_path), models=("gpt2-draft",), target_init="somewhere")
     for name in training.MODEL_NAMES:

@@ -8,7 +8,7 @@ same prompt and integer checks as `generation.common`.
 import numpy as np
 import pytest
 
-from jaxspec.generation import common
+from jaxspec.generation.inputs import check_int, check_prompt
 from jaxspec.sampling import SamplingConfig
 from jaxspec.sampling.processing import SettingError, check_settings
 from jaxspec.serving import validation
@@ -66,8 +66,8 @@ def test_settings_are_checked_once_for_the_library_and_the_server():
 
 
 def test_shared_integer_and_prompt_checks():
-    assert common.check_int("n", np.int32(2), 1, 4) == 2
-    assert common.check_prompt([1, np.int64(2)], None) == (1, 2)
+    assert check_int("n", np.int32(2), 1, 4) == 2
+    assert check_prompt([1, np.int64(2)], None) == (1, 2)
     with pytest.raises(ValueError, match=r"outside the vocabulary 0\.\.2147483647"):
-        common.check_prompt([-1], None)
+        check_prompt([-1], None)
     assert validation.vocab_size(type("M", (), {"vocab_size": 50})(), type("M", (), {"vocab_size": 64})()) == 50

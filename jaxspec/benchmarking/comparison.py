@@ -39,8 +39,10 @@ class CompareConfig:
       temperature, top_k, top_p: the sampling settings (0 = greedy, 0 = off, 1 = off).
       batch_size: copies of the prompt decoded together.
       seed: base seed; run i uses seed + i.
-      drafter: "model" (`draft_model` proposes) or "ngram" (prompt lookup, no draft model).
+      drafter: "model" (`draft_model` proposes), "ngram" (prompt lookup, no draft
+        model) or "self" (the target's first `self_draft_layers` layers, `SelfDrafter`).
       max_ngram: longest suffix prompt lookup matches.
+      self_draft_layers: layers of the target a self-draft runs (drafter "self").
       verify: "tokenwise" or "block".
       method: "both", "speculative" or "autoregressive".
       dtype: "float32" or "bfloat16" (parameters and compute).
@@ -62,6 +64,7 @@ class CompareConfig:
     seed: int = 0
     drafter: str = "model"
     max_ngram: int = 3
+    self_draft_layers: int = 1
     verify: str = "block"
     method: str = "both"
     dtype: str = "float32"
@@ -103,6 +106,8 @@ def compare(config: CompareConfig) -> dict:
     if config.method in ("both", "speculative"):
         if config.drafter == "model":
             draft = jaxspec.load_model(config.draft_model, dtype=dtype)
+        elif config.drafter == "self":
+            draft = jaxspec.SelfDrafter.first_layers(target, config.self_draft_layers)
         else:
             draft = jaxspec.NgramDrafter(max_ngram=config.max_ngram)
         methods["speculative"] = lambda seed: jaxspec.speculative_sample(
@@ -117,7 +122,11 @@ def compare(config: CompareConfig) -> dict:
         )
     # No EOS: generation runs to N tokens so every run does the same work.
     timings, results = time_interleaved(methods, num_runs, keep_results=True)
-    drafter = config.draft_model if config.drafter == "model" else f"prompt lookup (max_ngram {config.max_ngram})"
+    drafter = {
+        "model": config.draft_model,
+        "ngram": f"prompt lookup (max_ngram {config.max_ngram})",
+        "self": f"self-draft (the target's first {config.self_draft_layers} layers)",
+    }[config.drafter]
     report = dict(
         target_model=config.target_model,
         draft_model=drafter if draft is not None else None,

@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 
-from jaxspec.generation.common import ACCEPTED_DRAFT, BONUS, RESAMPLED
+from jaxspec.generation.provenance import ACCEPTED_DRAFT, BONUS, RESAMPLED
 
 _COLORS = {ACCEPTED_DRAFT: "\033[32m", RESAMPLED: "\033[31m", BONUS: "\033[34m"}
 _MARKERS = {ACCEPTED_DRAFT: ("", ""), RESAMPLED: ("[", "]"), BONUS: ("{", "}")}

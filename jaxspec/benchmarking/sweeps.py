@@ -42,6 +42,7 @@ from jaxspec.benchmarking.prompts import heldout_prompts, ngram_prompt_sets
 from jaxspec.benchmarking.sizes import sized_config
 from jaxspec.benchmarking.timing import mean_std, time_interleaved
 from jaxspec.models.model import init_model
+from jaxspec.sampling.accept import VERIFICATION_RULES
 
 MODES = ("sweep", "ngram", "size", "acceptance", "settings")
 
@@ -77,7 +78,7 @@ class BenchmarkConfig:
     temperatures: tuple[float, ...] = (0.0, 0.6, 1.0)
     batch_sizes: tuple[int, ...] = (1, 4, 16)
     ngram_K: int = 4
-    verify: tuple[str, ...] = ("tokenwise", "block")
+    verify: tuple[str, ...] = tuple(VERIFICATION_RULES)
     N: int = 64
     prompt_tokens: int = 32
     num_runs: int = 3

@@ -10,7 +10,10 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from jaxspec.generation import common
+from jaxspec.generation.emit import Sequences, emit, generated_tokens, init_sequences, last_tokens
+from jaxspec.generation.inputs import check_context, check_eos, check_positive_int, prepare_prompts, row_settings
+from jaxspec.generation.provenance import FROM_TARGET
+from jaxspec.generation.verify import prefill
 from jaxspec.models.cache import KVCache
 from jaxspec.models.model import Model
 from jaxspec.sampling.processing import SamplingParams, processed_probs, sample_from_probs, valid_rows
@@ -50,7 +53,7 @@ class _Spec:
 
 @flax.struct.dataclass
 class _State:
-    seqs: common.Sequences
+    seqs: Sequences
     cache: KVCache
     key: jax.Array
     num_calls: jax.Array
@@ -61,24 +64,22 @@ def _generate(
     model: Model, prompt_ids_BxT, prompt_lengths_B, key, sampling: SamplingParams, spec: _Spec
 ) -> AutoregressiveResult:
     batch, width = prompt_ids_BxT.shape
-    cache = common.prefill(
-        model, prompt_ids_BxT, prompt_lengths_B, model.init_cache(batch, width + spec.max_new_tokens - 1)
-    )
-    seqs = common.init_sequences(prompt_ids_BxT, prompt_lengths_B, width + spec.max_new_tokens + 1)
+    cache = prefill(model, prompt_ids_BxT, prompt_lengths_B, model.init_cache(batch, width + spec.max_new_tokens - 1))
+    seqs = init_sequences(prompt_ids_BxT, prompt_lengths_B, width + spec.max_new_tokens + 1)
     state = _State(seqs=seqs, cache=cache, key=key, num_calls=jnp.zeros((batch,), jnp.int32))
 
     def body(state: _State) -> _State:
         key, sample_key = jax.random.split(state.key)
-        logits_Bx1xV, cache = model(common.last_tokens(state.seqs)[:, None], state.cache)
+        logits_Bx1xV, cache = model(last_tokens(state.seqs)[:, None], state.cache)
         logits_BxV = logits_Bx1xV[:, 0, : spec.vocab_size]
         token_B = sample_from_probs(sample_key, processed_probs(logits_BxV, sampling))
         valid_B = valid_rows(logits_BxV)
         active_B = ~state.seqs.done
-        seqs, _ = common.emit(
+        seqs, _ = emit(
             state.seqs,
             token_B[:, None],
             valid_B.astype(jnp.int32),
-            jnp.full((batch, 1), common.FROM_TARGET, jnp.int8),
+            jnp.full((batch, 1), FROM_TARGET, jnp.int8),
             max_new_tokens=spec.max_new_tokens,
             eos_token_id=spec.eos_token_id,
             nonfinite_B=~valid_B,
@@ -88,7 +89,7 @@ def _generate(
         return _State(seqs=seqs, cache=cache, key=key, num_calls=state.num_calls + active_B)
 
     state = jax.lax.while_loop(lambda s: ~jnp.all(s.seqs.done), body, state)
-    tokens, provenance = common.generated_tokens(state.seqs, prompt_lengths_B, spec.max_new_tokens, spec.pad_token_id)
+    tokens, provenance = generated_tokens(state.seqs, prompt_lengths_B, spec.max_new_tokens, spec.pad_token_id)
     return AutoregressiveResult(
         tokens=tokens,
         lengths=state.seqs.num_generated,
@@ -119,6 +120,17 @@ def autoregressive_sample(
     arrays, one per row: any new value, and any mix of greedy and sampled
     rows, runs on the same compiled program.
 
+    Example (a tiny random model; per-row settings: row 0 greedy, row 1 sampled):
+
+    >>> import jax
+    >>> from jaxspec import autoregressive_sample
+    >>> from jaxspec.testing import random_model, tiny_config
+    >>> model = random_model(tiny_config("gpt2", vocab_size=32), seed=0)
+    >>> out = autoregressive_sample(model, [[1, 2, 3], [4, 5]], key=jax.random.key(0), max_new_tokens=5,
+    ...                             temperature=[0.0, 1.0], top_p=[1.0, 0.9])
+    >>> out.tokens.shape, out.lengths.tolist(), out.num_target_calls.tolist()
+    ((2, 5), [5, 5], [5, 5])
+
     Args:
       model: a `Model` (from `load_model`).
       prompt_ids: int [B, T] right-padded token ids, or a list of B id lists
@@ -146,16 +158,16 @@ def autoregressive_sample(
         top_p outside (0, 1], settings arrays of the wrong shape, ids or
         pad_token_id outside the vocabulary, or a prompt + N beyond the context.
     """
-    max_new_tokens = common.check_positive_int("max_new_tokens", max_new_tokens)
-    vocab = model.vocab_size if vocab_size is None else common.check_positive_int("vocab_size", vocab_size)
+    max_new_tokens = check_positive_int("max_new_tokens", max_new_tokens)
+    vocab = model.vocab_size if vocab_size is None else check_positive_int("vocab_size", vocab_size)
     if vocab > model.vocab_size:
         raise ValueError(f"vocab_size={vocab} exceeds the model's vocab_size={model.vocab_size}.")
-    prompts = common.prepare_prompts(prompt_ids, prompt_lengths, vocab, pad_token_id)
-    sampling = common.row_settings(temperature, top_k, top_p, prompts.batch_size)
-    common.check_context(model, "model", prompts.max_length + max_new_tokens - 1, "longest prompt + max_new_tokens - 1")
+    prompts = prepare_prompts(prompt_ids, prompt_lengths, vocab, pad_token_id)
+    sampling = row_settings(temperature, top_k, top_p, prompts.batch_size)
+    check_context(model, "model", prompts.max_length + max_new_tokens - 1, "longest prompt + max_new_tokens - 1")
     spec = _Spec(
         max_new_tokens=max_new_tokens,
-        eos_token_id=common.check_eos(eos_token_id, vocab),
+        eos_token_id=check_eos(eos_token_id, vocab),
         pad_token_id=int(pad_token_id),
         vocab_size=vocab,
     )

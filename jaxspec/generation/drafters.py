@@ -19,10 +19,9 @@ three pure functions, all called inside the on-device loop:
 Host-side, before any compute: `vocab_size_for(target)` (the shared ids) and
 `check_context(needed)`.
 
-Two drafters ship: `ModelDrafter` (a small LM with its own KV cache) and
-`NgramDrafter` (prompt lookup: no model at all). A third, e.g. a self-draft
-from the target's first layers, would hold the target `Model` as a field, keep
-its own truncated cache as state, and implement the same three functions.
+Three drafters ship: `ModelDrafter` (a small LM with its own KV cache),
+`NgramDrafter` (prompt lookup: no model at all) and, in `self_drafter.py`,
+`SelfDrafter` (the target through a subset of its own layers).
 """
 
 from __future__ import annotations
@@ -33,7 +32,9 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from jaxspec.generation import common
+from jaxspec.generation.emit import Sequences
+from jaxspec.generation.inputs import check_context, check_positive_int
+from jaxspec.generation.verify import prefill
 from jaxspec.models.cache import KVCache
 from jaxspec.models.model import Model
 from jaxspec.sampling.processing import SamplingConfig, SamplingParams, processed_probs, sample_from_probs
@@ -51,7 +52,7 @@ class Drafter(Protocol):
     def init(self, prompt_ids_BxT: jax.Array, prompt_lengths_B: jax.Array, cache_length: int) -> Any: ...
 
     def propose(
-        self, state: Any, seqs: common.Sequences, key: jax.Array, num_draft_tokens: int
+        self, state: Any, seqs: Sequences, key: jax.Array, num_draft_tokens: int
     ) -> tuple[jax.Array, jax.Array, Any]: ...
 
     def commit(
@@ -79,7 +80,7 @@ def shared_vocabulary(target: Model, draft: Model, shared_vocab_size: int | None
     """
     vt, vd = target.vocab_size, draft.vocab_size
     if shared_vocab_size is not None:
-        shared = common.check_positive_int("shared_vocab_size", shared_vocab_size)
+        shared = check_positive_int("shared_vocab_size", shared_vocab_size)
         if shared > min(vt, vd):
             raise ValueError(f"shared_vocab_size={shared} exceeds a model's vocab_size (target {vt}, draft {vd}).")
         return shared
@@ -124,13 +125,13 @@ class ModelDrafter:
         return shared_vocabulary(target, self.model, self.shared_vocab_size)
 
     def check_context(self, needed: int, detail: str) -> None:
-        common.check_context(self.model, "draft", needed, detail)
+        check_context(self.model, "draft", needed, detail)
 
     def init(self, prompt_ids_BxT, prompt_lengths_B, cache_length: int) -> KVCache:
         cache = self.model.init_cache(prompt_ids_BxT.shape[0], cache_length)
-        return common.prefill(self.model, prompt_ids_BxT, prompt_lengths_B, cache)
+        return prefill(self.model, prompt_ids_BxT, prompt_lengths_B, cache)
 
-    def propose(self, state: KVCache, seqs: common.Sequences, key: jax.Array, num_draft_tokens: int):
+    def propose(self, state: KVCache, seqs: Sequences, key: jax.Array, num_draft_tokens: int):
         """Returns tokens int32 [B, K], q float32 [B, K, V], and the cache
         holding tokens[0 : L-1+K-1] (d_K is never fed)."""
         vocab = self.vocab_size
@@ -179,6 +180,14 @@ class NgramDrafter:
 
     The proposal is deterministic, so q is one-hot: the same exact kernels apply.
 
+    Example: after ``7 1 2 3 9 1 2`` the suffix ``1 2`` last occurred at the
+    start, so the lookup proposes what followed it, ``3 9``, and then repeats
+    the period ``3 9 1 2``:
+
+    >>> import jax.numpy as jnp
+    >>> NgramDrafter(max_ngram=2).lookup(jnp.array([[7, 1, 2, 3, 9, 1, 2, 0]]), jnp.array([7]), 5).tolist()
+    [[3, 9, 1, 2, 3]]
+
     Attributes (all static):
       max_ngram: longest suffix tried (>= min_ngram).
       min_ngram: shortest suffix that counts as a match (>= 1).
@@ -190,8 +199,8 @@ class NgramDrafter:
     vocab_size: int | None = flax.struct.field(pytree_node=False, default=None)
 
     def __post_init__(self):
-        common.check_positive_int("min_ngram", self.min_ngram)
-        common.check_positive_int("max_ngram", self.max_ngram)
+        check_positive_int("min_ngram", self.min_ngram)
+        check_positive_int("max_ngram", self.max_ngram)
         if self.max_ngram < self.min_ngram:
             raise ValueError(f"max_ngram={self.max_ngram} must be >= min_ngram={self.min_ngram}.")
 
@@ -228,7 +237,7 @@ class NgramDrafter:
         source_BxK = jnp.where(found_B[:, None], source_BxK, (lengths_B - 1)[:, None])
         return jnp.take_along_axis(tokens_BxS, source_BxK, axis=1)
 
-    def propose(self, state: tuple, seqs: common.Sequences, key: jax.Array, num_draft_tokens: int):
+    def propose(self, state: tuple, seqs: Sequences, key: jax.Array, num_draft_tokens: int):
         del key  # deterministic
         tokens_BxK = self.lookup(seqs.tokens, seqs.lengths, num_draft_tokens)
         return tokens_BxK, jax.nn.one_hot(tokens_BxK, self.vocab_size, dtype=jnp.float32), state

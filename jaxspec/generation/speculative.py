@@ -2,14 +2,15 @@
 
 Everything runs in one jitted `lax.while_loop`; each iteration is a *round*:
 
-1. Draft: a drafter (`drafters.py`) proposes K tokens per row and the exact
+1. Draft: a drafter (`drafters.py`, `self_drafter.py`) proposes K tokens per row and the exact
    distributions q they were drawn from: a draft model (one `lax.scan` step
    per token on its cache) or prompt lookup (one-hot q).
-2. Verify: one target forward over [last token, d_1..d_K] (K + 1 positions).
-3. Accept: one vectorised kernel over [B, K] (`sampling.kernel`, token-wise
-   or block verification) keeps the first n drafts and appends one more
+2. Verify: one target forward over [last token, d_1..d_K] (K + 1 positions)
+   (`verify.py`).
+3. Accept: one vectorised kernel over [B, K] (`sampling/accept.py`, token-wise
+   or block verification, registered in `VERIFICATION_RULES`) keeps the first n drafts and appends one more
    token (resample or bonus).
-4. Emit and roll back: rows append n + 1 tokens (fewer at max_new_tokens or
+4. Emit and roll back (`emit.py`): rows append n + 1 tokens (fewer at max_new_tokens or
    EOS); the target cache and the drafter's state are rolled back by length.
 
 Cache invariants at the start of a round, for a row with L valid tokens:
@@ -30,14 +31,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxspec.generation import common
 from jaxspec.generation.drafters import Drafter, ModelDrafter, shared_vocabulary
+from jaxspec.generation.emit import Sequences, emit, generated_tokens, init_sequences, target_lengths_after
+from jaxspec.generation.inputs import check_context, check_eos, check_positive_int, prepare_prompts, row_settings
+from jaxspec.generation.provenance import ACCEPTED_DRAFT, BONUS, RESAMPLED
+from jaxspec.generation.self_drafter import SelfDrafter
+from jaxspec.generation.verify import prefill, score_drafts
 from jaxspec.models.cache import KVCache
 from jaxspec.models.model import Model
-from jaxspec.sampling import kernel
-from jaxspec.sampling.processing import SamplingConfig, SamplingParams, processed_probs, valid_rows
+from jaxspec.sampling import accept
+from jaxspec.sampling.processing import SamplingConfig, SamplingParams, valid_rows
 
-VERIFIERS = {"tokenwise": kernel.verify_tokenwise, "block": kernel.verify_block}
+# Kept for callers of the old name: the registry is `jaxspec.sampling.accept.VERIFICATION_RULES`.
+VERIFIERS = accept.VERIFICATION_RULES
 
 
 @flax.struct.dataclass
@@ -50,7 +56,7 @@ class SpeculativeResult:
       lengths: int32 [B] generated tokens per row (< N only if EOS came first).
       provenance: int8 [B, N] per generated token: `ACCEPTED_DRAFT`,
         `RESAMPLED` (target sample after a rejection) or `BONUS` (after all K
-        were accepted); 0 after the row's end. See `common.PROVENANCE_NAMES`.
+        were accepted); 0 after the row's end. See `PROVENANCE_NAMES`.
       num_rounds: int32 [B] target verification calls (rounds) per row.
       num_drafted: int32 [B] draft tokens proposed (K per round).
       num_accepted: int32 [B] draft tokens the rule accepted.
@@ -122,7 +128,7 @@ class _Spec:
 
 @flax.struct.dataclass
 class _State:
-    seqs: common.Sequences
+    seqs: Sequences
     target_cache: KVCache
     draft_state: Any
     key: jax.Array
@@ -139,11 +145,11 @@ def _generate(
     batch, width = prompt_ids_BxT.shape
     k = spec.num_draft_tokens
     cache_length = width + spec.max_new_tokens + k - 1
-    target_cache = common.prefill(target, prompt_ids_BxT, prompt_lengths_B, target.init_cache(batch, cache_length))
+    target_cache = prefill(target, prompt_ids_BxT, prompt_lengths_B, target.init_cache(batch, cache_length))
     draft_state = drafter.init(prompt_ids_BxT, prompt_lengths_B, cache_length)
     zeros_B = jnp.zeros((batch,), jnp.int32)
     state = _State(
-        seqs=common.init_sequences(prompt_ids_BxT, prompt_lengths_B, width + spec.max_new_tokens + k + 1),
+        seqs=init_sequences(prompt_ids_BxT, prompt_lengths_B, width + spec.max_new_tokens + k + 1),
         target_cache=target_cache,
         draft_state=draft_state,
         key=key,
@@ -158,13 +164,13 @@ def _generate(
         key, draft_key, verify_key = jax.random.split(state.key, 3)
         seqs = state.seqs
         active_B = ~seqs.done
+        # 1. Draft (drafters.py). 2. Verify: one target pass (verify.py).
         drafts_BxK, q_BxKxV, draft_state = drafter.propose(state.draft_state, seqs, draft_key, k)
-
-        chunk_BxK1 = jnp.concatenate([common.last_tokens(seqs)[:, None], drafts_BxK], axis=1)
-        logits_BxK1xV, target_cache = target(chunk_BxK1, state.target_cache)
-        logits_BxK1xV = logits_BxK1xV[..., : spec.vocab_size]
-        p_BxK1xV = processed_probs(logits_BxK1xV, target_sampling)
-        verdict = VERIFIERS[spec.verify](verify_key, drafts_BxK, q_BxKxV, p_BxK1xV)
+        p_BxK1xV, logits_BxK1xV, target_cache = score_drafts(
+            target, state.target_cache, seqs, drafts_BxK, target_sampling, spec.vocab_size
+        )
+        # 3. Accept (sampling/accept.py).
+        verdict = accept.verification_rule(spec.verify)(verify_key, drafts_BxK, q_BxKxV, p_BxK1xV)
         n_B = verdict.num_accepted
         # The round used p_0..p_n. If one of them had no distribution (see
         # valid_rows), keep only the drafts accepted before it and stop the row.
@@ -173,12 +179,12 @@ def _generate(
         nonfinite_B = first_invalid_B <= n_B
         n_B = jnp.where(nonfinite_B, first_invalid_B, n_B)
 
-        # Emitted block: d_1..d_n then the resample/bonus token at slot n.
+        # 4. Emit (emit.py): d_1..d_n then the resample/bonus token at slot n.
         at_n_BxE = slot_E[None, :] == n_B[:, None]
         block_BxE = jnp.where(at_n_BxE, verdict.next_token[:, None], jnp.pad(drafts_BxK, ((0, 0), (0, 1))))
-        last_kind_B = jnp.where(n_B == k, common.BONUS, common.RESAMPLED)
-        provenance_BxE = jnp.where(at_n_BxE, last_kind_B[:, None], common.ACCEPTED_DRAFT).astype(jnp.int8)
-        new_seqs, count_B = common.emit(
+        last_kind_B = jnp.where(n_B == k, BONUS, RESAMPLED)
+        provenance_BxE = jnp.where(at_n_BxE, last_kind_B[:, None], ACCEPTED_DRAFT).astype(jnp.int8)
+        new_seqs, count_B = emit(
             seqs,
             block_BxE,
             jnp.where(nonfinite_B, n_B, n_B + 1),
@@ -188,8 +194,8 @@ def _generate(
             nonfinite_B=nonfinite_B,
         )
 
-        # Roll back by length. Target: all but the new last token.
-        target_len_B = jnp.where(active_B, new_seqs.lengths - 1, state.target_cache.lengths)
+        # 5. Roll back by length: the target keeps all but the new last token.
+        target_len_B = target_lengths_after(state.target_cache.lengths, new_seqs, active_B)
         return _State(
             seqs=new_seqs,
             target_cache=target_cache.with_lengths(target_len_B),
@@ -204,7 +210,7 @@ def _generate(
         )
 
     state = jax.lax.while_loop(lambda s: ~jnp.all(s.seqs.done), round_, state)
-    tokens, provenance = common.generated_tokens(state.seqs, prompt_lengths_B, spec.max_new_tokens, spec.pad_token_id)
+    tokens, provenance = generated_tokens(state.seqs, prompt_lengths_B, spec.max_new_tokens, spec.pad_token_id)
     return SpeculativeResult(
         tokens=tokens,
         lengths=state.seqs.num_generated,
@@ -247,10 +253,28 @@ def speculative_sample(
     draft is greedy or a lookup), so the accept/resample rule is exact for any
     draft settings; they default to the target's.
 
+    Example (tiny random models; real ones come from `load_model`). Greedy
+    speculative decoding returns the target's own greedy tokens:
+
+    >>> import jax
+    >>> from jaxspec import autoregressive_sample, speculative_sample
+    >>> from jaxspec.testing import random_model, tiny_config
+    >>> target = random_model(tiny_config("gpt2", vocab_size=32), seed=0, scale=4.0)
+    >>> draft = random_model(tiny_config("opt", vocab_size=32), seed=1, scale=4.0)
+    >>> prompts = [[1, 2, 3], [4, 5]]  # ragged rows are fine
+    >>> out = speculative_sample(target, draft, prompts, key=jax.random.key(0), max_new_tokens=8,
+    ...                          num_draft_tokens=3, temperature=0.0, verify="block")
+    >>> out.tokens.shape, out.lengths.tolist()
+    ((2, 8), [8, 8])
+    >>> plain = autoregressive_sample(target, prompts, key=jax.random.key(1), max_new_tokens=8, temperature=0.0)
+    >>> bool((out.tokens == plain.tokens).all())
+    True
+
     Args:
       target: the large `Model`.
       draft: the small `Model`, on the same tokenizer, or any `Drafter`
-        (`ModelDrafter`, `NgramDrafter` for draft-free prompt lookup).
+        (`ModelDrafter`, `NgramDrafter` for draft-free prompt lookup,
+        `SelfDrafter` for the target's own first layers).
       prompt_ids: int [B, T] right-padded ids, or a list of B id lists.
       key: a PRNG key.
       max_new_tokens: N >= 1 tokens to generate per row.
@@ -283,20 +307,19 @@ def speculative_sample(
         outside the vocabulary, or prompt + N + K - 1 beyond either model's
         context.
     """
-    k = common.check_positive_int("num_draft_tokens", num_draft_tokens)
-    n = common.check_positive_int("max_new_tokens", max_new_tokens)
-    if verify not in VERIFIERS:
-        raise ValueError(f"verify={verify!r} is not a verification rule; use one of {sorted(VERIFIERS)}.")
+    k = check_positive_int("num_draft_tokens", num_draft_tokens)
+    n = check_positive_int("max_new_tokens", max_new_tokens)
+    accept.verification_rule(verify)  # an unknown name fails here, before any compute
     if isinstance(draft, Model):
         vocab = shared_vocabulary(target, draft, shared_vocab_size)
     else:
         _check_drafter(draft, draft_temperature, draft_top_k, draft_top_p, shared_vocab_size)
         vocab = draft.vocab_size_for(target)
-    prompts = common.prepare_prompts(prompt_ids, prompt_lengths, vocab, pad_token_id)
+    prompts = prepare_prompts(prompt_ids, prompt_lengths, vocab, pad_token_id)
     batch = prompts.batch_size
-    target_sampling = common.row_settings(temperature, top_k, top_p, batch)
+    target_sampling = row_settings(temperature, top_k, top_p, batch)
     if isinstance(draft, Model):
-        draft_sampling = common.row_settings(
+        draft_sampling = row_settings(
             temperature if draft_temperature is None else draft_temperature,
             top_k if draft_top_k is None else draft_top_k,
             top_p if draft_top_p is None else draft_top_p,
@@ -305,23 +328,23 @@ def speculative_sample(
         drafter = ModelDrafter(model=draft, sampling=draft_sampling, shared_vocab_size=shared_vocab_size)
     else:
         drafter = draft
-        if isinstance(drafter, ModelDrafter):
+        if isinstance(drafter, (ModelDrafter, SelfDrafter)):  # a sampling setting of its own
             sampling = target_sampling if drafter.sampling is None else drafter.sampling
             if isinstance(sampling, (SamplingConfig, SamplingParams)):  # validated like the call's own settings
-                sampling = common.row_settings(
+                sampling = row_settings(
                     *(np.asarray(getattr(sampling, f)) for f in ("temperature", "top_k", "top_p")), batch
                 )
             drafter = drafter.replace(sampling=sampling)
     drafter = drafter.replace(vocab_size=vocab)
     needed = prompts.max_length + n + k - 1
     detail = "longest prompt + max_new_tokens + num_draft_tokens - 1"
-    common.check_context(target, "target", needed, detail)
+    check_context(target, "target", needed, detail)
     drafter.check_context(needed, detail)
     spec = _Spec(
         max_new_tokens=n,
         num_draft_tokens=k,
         verify=verify,
-        eos_token_id=common.check_eos(eos_token_id, vocab),
+        eos_token_id=check_eos(eos_token_id, vocab),
         pad_token_id=int(pad_token_id),
         vocab_size=vocab,
     )

@@ -10,55 +10,14 @@ convention.
 
 from __future__ import annotations
 
-import functools
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from jaxspec.models.cache import KVCache
 from jaxspec.models.config import DecoderConfig
-from jaxspec.models.quantize import QuantizedKernel, quantized_matmul
-
-_ACTIVATIONS = {
-    "gelu_tanh": functools.partial(jax.nn.gelu, approximate=True),
-    "gelu": functools.partial(jax.nn.gelu, approximate=False),
-    "relu": jax.nn.relu,
-    "silu": jax.nn.silu,
-}
-
-# Hugging Face initialises every projection and embedding with N(0, 0.02).
-_INIT = nn.initializers.normal(stddev=0.02)
-
-
-def _write_rows(cache_BxSxHxD: jax.Array, new_BxTxHxD: jax.Array, start_B: jax.Array) -> jax.Array:
-    """Writes each row's T new entries at its own start slot."""
-
-    def write_row(cache_SxHxD, new_TxHxD, start):
-        return jax.lax.dynamic_update_slice(cache_SxHxD, new_TxHxD, (start, 0, 0))
-
-    return jax.vmap(write_row)(cache_BxSxHxD, new_BxTxHxD.astype(cache_BxSxHxD.dtype), start_B)
-
-
-class Dense(nn.Dense):
-    """`nn.Dense` that also takes an int8 `QuantizedKernel` as its kernel.
-
-    With a float kernel it is `nn.Dense` itself (bit-identical). With a
-    quantized one it computes ``(x @ values) * scale + bias`` in the traced
-    computation, so the int8 -> float convert sits right at the dot.
-    """
-
-    @nn.compact
-    def __call__(self, inputs: jax.Array) -> jax.Array:
-        kernel = self.get_variable("params", "kernel") if self.has_variable("params", "kernel") else None
-        if not isinstance(kernel, QuantizedKernel):
-            return super().__call__(inputs)
-        dtype = self.dtype or inputs.dtype
-        y = quantized_matmul(inputs, kernel, dtype)
-        if self.use_bias:
-            bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
-            y += jnp.reshape(bias.astype(dtype), (1,) * (y.ndim - 1) + (-1,))
-        return y
+from jaxspec.models.layers import ACTIVATIONS, INIT, Dense, attend, lm_logits, write_rows
+from jaxspec.models.tree_attention import TreeAttention, positions_and_mask
 
 
 class Block(nn.Module):
@@ -84,7 +43,7 @@ class Block(nn.Module):
             use_bias=self.config.use_bias,
             dtype=self.dtype,
             param_dtype=self.dtype,
-            kernel_init=_INIT,
+            kernel_init=INIT,
             name=name,
         )
 
@@ -109,23 +68,9 @@ class Block(nn.Module):
         # of its 3D outputs holds whole heads of q, k and v.
         qkv_BxTxHx3xD = self._dense(3 * cfg.hidden_size, "qkv")(x).reshape(batch, length, cfg.num_heads, 3, -1)
         q_BxTxHxD, k_BxTxHxD, v_BxTxHxD = (qkv_BxTxHx3xD[:, :, :, i] for i in range(3))
-        k_cache = _write_rows(k_cache, k_BxTxHxD, start_B)
-        v_cache = _write_rows(v_cache, v_BxTxHxD, start_B)
-
-        # Scores and softmax in float32 whatever the model dtype: bf16 logits
-        # over long contexts lose too much precision.
-        scores_BxHxTxS = jnp.einsum("bthd,bshd->bhts", q_BxTxHxD, k_cache, preferred_element_type=jnp.float32) * (
-            cfg.head_dim**-0.5
-        )
-        scores_BxHxTxS = jnp.where(mask_Bx1xTxS, scores_BxHxTxS, jnp.finfo(jnp.float32).min)
-        probs_BxHxTxS = jax.nn.softmax(scores_BxHxTxS, axis=-1).astype(self.dtype)
-        # A masked slot gets probability 0, but 0 * NaN = NaN: a non-finite value
-        # in a slot a query must not see (padding of a ragged batch, a stale
-        # slot, a later token of this chunk) would still reach it. Such values
-        # are zeroed; a non-finite entry a query does see still propagates,
-        # through its key (a NaN score makes the row's softmax NaN).
-        values_BxSxHxD = jnp.where(jnp.isfinite(v_cache), v_cache, 0)
-        attn_BxTxHxD = jnp.einsum("bhts,bshd->bthd", probs_BxHxTxS, values_BxSxHxD)
+        k_cache = write_rows(k_cache, k_BxTxHxD, start_B)
+        v_cache = write_rows(v_cache, v_BxTxHxD, start_B)
+        attn_BxTxHxD = attend(q_BxTxHxD, k_cache, v_cache, mask_Bx1xTxS, self.dtype)
         attn = self._dense(cfg.hidden_size, "attn_out")(attn_BxTxHxD.reshape(batch, length, -1))
         h = residual + attn
         if not cfg.pre_layer_norm:
@@ -133,7 +78,7 @@ class Block(nn.Module):
 
         residual = h
         x = self._layer_norm("ln_mlp")(h) if cfg.pre_layer_norm else h
-        x = _ACTIVATIONS[cfg.activation](self._dense(cfg.ffn_size, "fc_in")(x))
+        x = ACTIVATIONS[cfg.activation](self._dense(cfg.ffn_size, "fc_in")(x))
         h = residual + self._dense(cfg.hidden_size, "fc_out")(x)
         if not cfg.pre_layer_norm:
             h = self._layer_norm("ln_mlp")(h)
@@ -153,7 +98,13 @@ class Decoder(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, tokens_BxT: jax.Array, cache: KVCache, num_new_B: jax.Array | None = None):
+    def __call__(
+        self,
+        tokens_BxT: jax.Array,
+        cache: KVCache,
+        num_new_B: jax.Array | None = None,
+        tree: TreeAttention | None = None,
+    ):
         """Runs T new tokens per row through the model.
 
         Args:
@@ -162,6 +113,9 @@ class Decoder(nn.Module):
           cache: the KV cache; must have room for cache.lengths + T slots.
           num_new_B: optional int32 [B], how many of the T tokens of each row are
             real (right padding); the cache length grows by this. Default T.
+          tree: optional `TreeAttention` of T nodes: the tokens are a token tree
+            (node t at position cache.lengths + depth[t], seeing the prefix and
+            its ancestors only); see `tree_attention.py`.
 
         Returns:
           logits_BxTxV: float32 [B, T, V], next-token logits at each new position.
@@ -170,14 +124,17 @@ class Decoder(nn.Module):
         cfg = self.config
         _, length = tokens_BxT.shape
         start_B = cache.lengths
-        positions_BxT = start_B[:, None] + jnp.arange(length, dtype=jnp.int32)[None, :]
+        # Query (b, t) sees slot j iff j <= its position (a chain: earlier tokens
+        # and itself), or the prefix and its ancestors (a tree). Slots past it
+        # (stale after a rollback, or padding) are masked.
+        positions_BxT, mask_Bx1xTxS = positions_and_mask(start_B, length, cache.max_length, tree)
 
         embed = nn.Embed(
             cfg.vocab_size,
             cfg.embed_size,
             dtype=self.dtype,
             param_dtype=self.dtype,
-            embedding_init=_INIT,
+            embedding_init=INIT,
             name="embed",
         )
         h = embed(tokens_BxT)
@@ -187,7 +144,7 @@ class Decoder(nn.Module):
                 use_bias=False,
                 dtype=self.dtype,
                 param_dtype=self.dtype,
-                kernel_init=_INIT,
+                kernel_init=INIT,
                 name="project_in",
             )(h)
         pos_embed = nn.Embed(
@@ -195,15 +152,10 @@ class Decoder(nn.Module):
             cfg.hidden_size,
             dtype=self.dtype,
             param_dtype=self.dtype,
-            embedding_init=_INIT,
+            embedding_init=INIT,
             name="pos_embed",
         )
         h = h + pos_embed(positions_BxT + cfg.position_offset)
-
-        # Query (b, t) sees slot j iff j <= its position: earlier tokens and
-        # itself. Slots past it (stale after a rollback, or padding) are masked.
-        slots_S = jnp.arange(cache.max_length, dtype=jnp.int32)
-        mask_Bx1xTxS = (slots_S[None, None, :] <= positions_BxT[:, :, None])[:, None]
 
         blocks = nn.scan(
             Block,
@@ -229,20 +181,10 @@ class Decoder(nn.Module):
                 use_bias=False,
                 dtype=self.dtype,
                 param_dtype=self.dtype,
-                kernel_init=_INIT,
+                kernel_init=INIT,
                 name="project_out",
             )(h)
-        if cfg.tie_word_embeddings:
-            logits = embed.attend(h)
-        else:
-            logits = Dense(
-                cfg.vocab_size,
-                use_bias=False,
-                dtype=self.dtype,
-                param_dtype=self.dtype,
-                kernel_init=_INIT,
-                name="lm_head",
-            )(h)
+        logits = lm_logits(h, embed, cfg.tie_word_embeddings, cfg.vocab_size, self.dtype)
 
         grown = length if num_new_B is None else num_new_B.astype(jnp.int32)
         return logits.astype(jnp.float32), KVCache(keys, values, start_B + grown)

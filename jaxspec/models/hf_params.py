@@ -5,7 +5,9 @@ as stored in ``model.safetensors`` by ``save_pretrained``: ``nn.Linear``
 weights are ``[out, in]``; GPT-2's ``Conv1D`` weights are ``[in, out]``.
 jaxspec's params are Flax layout (Dense kernels ``[in, out]``) with the
 layers stacked on a leading axis, and OPT's separate q/k/v projections fused
-into one ``qkv`` kernel. Converters use jnp ops so `jax.eval_shape` can run
+into one ``qkv`` kernel. Llama-family checkpoints (``model.layers.*``) keep
+separate q/k/v projections (grouped-query k and v are narrower than q), so
+their names map one to one. Converters use jnp ops so `jax.eval_shape` can run
 them on abstract params (that is how the loader learns the expected shapes).
 
 The fused ``qkv`` kernel [L, D, 3D] (and bias [L, 3D]) is stored head-major,
@@ -70,17 +72,42 @@ _OPT_TOP = (
     ("model.decoder.final_layer_norm.bias", "ln_final", "bias", False),
     ("lm_head.weight", "lm_head", "kernel", True),
 )
+_LLAMA_LAYER = (
+    ("input_layernorm.weight", "ln_attn", "scale", False),
+    *(
+        (f"self_attn.{proj}_proj.{kind}", proj, param, kind == "weight")
+        for proj in "qkv"
+        for kind, param in (("weight", "kernel"), ("bias", "bias"))
+    ),
+    ("self_attn.o_proj.weight", "attn_out", "kernel", True),
+    ("self_attn.o_proj.bias", "attn_out", "bias", False),
+    ("post_attention_layernorm.weight", "ln_mlp", "scale", False),
+    *(
+        (f"mlp.{proj}.{kind}", module, param, kind == "weight")
+        for proj, module in (("gate_proj", "fc_gate"), ("up_proj", "fc_in"), ("down_proj", "fc_out"))
+        for kind, param in (("weight", "kernel"), ("bias", "bias"))
+    ),
+)
+_LLAMA_TOP = (
+    ("model.embed_tokens.weight", "embed", "embedding", False),
+    ("model.norm.weight", "ln_final", "scale", False),
+    ("lm_head.weight", "lm_head", "kernel", True),
+)
 _QKV = ("q_proj", "k_proj", "v_proj")
 
 # Buffers some checkpoints carry that are not parameters.
-_IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
+_IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", ".rotary_emb.inv_freq")
 
 
 def _layer_prefix(config: DecoderConfig) -> str:
+    if config.is_llama_family:
+        return "model.layers"
     return "transformer.h" if config.model_type == "gpt2" else "model.decoder.layers"
 
 
 def _tables(config: DecoderConfig):
+    if config.is_llama_family:
+        return _LLAMA_TOP, _LLAMA_LAYER
     if config.model_type == "gpt2":
         return _GPT2_TOP, _GPT2_LAYER
     return _OPT_TOP, _OPT_LAYER
@@ -90,8 +117,11 @@ def canonical_name(name: str, config: DecoderConfig) -> str:
     """Maps the prefixes older checkpoints use to the ``*ForCausalLM`` names.
 
     ``GPT2Model`` checkpoints (e.g. the hub's ``gpt2``) omit ``transformer.``;
-    some OPT checkpoints use ``decoder.`` instead of ``model.decoder.``.
+    some OPT checkpoints use ``decoder.`` instead of ``model.decoder.``;
+    ``LlamaModel`` (base model) checkpoints omit ``model.``.
     """
+    if config.is_llama_family:
+        return name if name.startswith(("model.", "lm_head.")) else "model." + name
     if config.model_type == "gpt2":
         if not name.startswith(("transformer.", "lm_head.")):
             return "transformer." + name
@@ -151,7 +181,8 @@ def from_hf(state: StateDict, config: DecoderConfig, dtype, needed: set[str]) ->
                 # torch Linear [out, in] -> Dense [in, out], then fuse along out.
                 per_layer.append(jnp.concatenate([w.T if kind == "weight" else w for w in parts], -1))
             blocks.setdefault("qkv", {})["kernel" if kind == "weight" else "bias"] = jnp.stack(per_layer)
-    blocks["qkv"] = {k: _qkv_to_head_major(v, config.num_heads) for k, v in blocks["qkv"].items()}
+    if "qkv" in blocks:
+        blocks["qkv"] = {k: _qkv_to_head_major(v, config.num_heads) for k, v in blocks["qkv"].items()}
     params["blocks"] = blocks
     return params
 
@@ -165,7 +196,8 @@ def to_hf(params: dict[str, Any], config: DecoderConfig) -> StateDict:
             value = params[module][param]
             state[hf_name] = value.T if transpose else value
     blocks = dict(params["blocks"])
-    blocks["qkv"] = {k: _qkv_from_head_major(v, config.num_heads) for k, v in blocks["qkv"].items()}
+    if "qkv" in blocks:
+        blocks["qkv"] = {k: _qkv_from_head_major(v, config.num_heads) for k, v in blocks["qkv"].items()}
     prefix = _layer_prefix(config)
     for suffix, module, param, transpose in layer:
         if module not in blocks or param not in blocks[module]:

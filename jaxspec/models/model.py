@@ -17,6 +17,26 @@ import numpy as np
 from jaxspec.models.cache import KVCache
 from jaxspec.models.config import DecoderConfig
 from jaxspec.models.decoder import Decoder
+from jaxspec.models.llama import LlamaDecoder
+from jaxspec.models.tree_attention import TreeAttention
+
+
+def decoder_module(config: DecoderConfig, dtype=jnp.float32):
+    """The Flax module of `config`'s family: `LlamaDecoder` or `Decoder` (GPT-2 / OPT)."""
+    cls = LlamaDecoder if config.is_llama_family else Decoder
+    return cls(config, jnp.dtype(dtype))
+
+
+def empty_cache(config: DecoderConfig, batch_size: int, max_length: int, dtype=jnp.float32) -> KVCache:
+    """An unconstrained empty cache for `config`: one entry per KV head."""
+    return KVCache.create(
+        num_layers=config.num_layers,
+        batch_size=batch_size,
+        max_length=max_length,
+        num_heads=config.num_kv_heads,
+        head_dim=config.head_dim,
+        dtype=dtype,
+    )
 
 
 @flax.struct.dataclass
@@ -38,8 +58,8 @@ class Model:
     sharding: Any = flax.struct.field(pytree_node=False, default=None)
 
     @property
-    def module(self) -> Decoder:
-        return Decoder(self.config, self.dtype)
+    def module(self) -> Decoder | LlamaDecoder:
+        return decoder_module(self.config, self.dtype)
 
     @property
     def vocab_size(self) -> int:
@@ -61,26 +81,24 @@ class Model:
                 f"{self.config.max_positions} positions (max_position_embeddings); "
                 "shorten the prompt or generate fewer tokens."
             )
-        cfg = self.config
-        cache = KVCache.create(
-            num_layers=cfg.num_layers,
-            batch_size=batch_size,
-            max_length=max_length,
-            num_heads=cfg.num_heads,
-            head_dim=cfg.head_dim,
-            dtype=self.dtype,
-        )
+        cache = empty_cache(self.config, batch_size, max_length, self.dtype)
         # Sharded over heads like the qkv outputs written into it, so the
         # decode step never moves cache entries between devices.
         return cache if self.sharding is None else self.sharding.constrain_cache(cache)
 
-    def __call__(self, tokens_BxT: jax.Array, cache: KVCache, num_new_B: jax.Array | None = None):
-        """Forward pass of T new tokens per row; see `Decoder.__call__`.
+    def __call__(
+        self,
+        tokens_BxT: jax.Array,
+        cache: KVCache,
+        num_new_B: jax.Array | None = None,
+        tree: TreeAttention | None = None,
+    ):
+        """Forward pass of T new tokens per row (a chain, or a token tree); see `Decoder.__call__`.
 
         Returns:
           (logits float32 [B, T, V], updated cache).
         """
-        return self.module.apply({"params": self.params}, tokens_BxT, cache, num_new_B)
+        return self.module.apply({"params": self.params}, tokens_BxT, cache, num_new_B, tree)
 
     def num_params(self) -> int:
         return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(self.params))
@@ -88,30 +106,16 @@ class Model:
 
 def abstract_params(config: DecoderConfig, dtype=jnp.float32) -> Any:
     """The params pytree of `config` as `jax.ShapeDtypeStruct`s (no memory)."""
-    module = Decoder(config, jnp.dtype(dtype))
-    cache = KVCache.create(
-        num_layers=config.num_layers,
-        batch_size=1,
-        max_length=1,
-        num_heads=config.num_heads,
-        head_dim=config.head_dim,
-        dtype=dtype,
-    )
+    module = decoder_module(config, dtype)
+    cache = empty_cache(config, 1, 1, dtype)
     variables = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, 1), jnp.int32), cache)
     return variables["params"]
 
 
 def init_model(config: DecoderConfig, key: jax.Array, dtype=jnp.float32) -> Model:
-    """A model with random weights, N(0, 0.02) as Hugging Face initialises them."""
+    """A model with random weights, N(0, 0.02) as Hugging Face initialises them (RMSNorm scales 1)."""
     dtype = jnp.dtype(dtype)
-    module = Decoder(config, dtype)
-    cache = KVCache.create(
-        num_layers=config.num_layers,
-        batch_size=1,
-        max_length=1,
-        num_heads=config.num_heads,
-        head_dim=config.head_dim,
-        dtype=dtype,
-    )
+    module = decoder_module(config, dtype)
+    cache = empty_cache(config, 1, 1, dtype)
     params = jax.jit(module.init)(key, jnp.zeros((1, 1), jnp.int32), cache)["params"]
     return Model(params=params, config=config, dtype=dtype)

@@ -13,7 +13,7 @@ multiply touches the [B, T, out] activations instead of the [in, out] weights,
 and the only weight-sized op left is the int8 -> float convert feeding the dot.
 `QuantizedKernel` is a registered pytree, so a quantized `Model` is still a
 pytree that `jax.jit` takes as an argument, and the decoder's `Dense` layers
-(see `decoder.Dense`) dispatch on it inside the traced computation.
+(see `layers.Dense`) dispatch on it inside the traced computation.
 """
 
 from __future__ import annotations
@@ -99,8 +99,8 @@ def _map_kernels(params: Any, fn) -> Any:
 def quantize_model(model: Model, *, mode: str = "int8", min_size: int = DEFAULT_MIN_SIZE) -> Model:
     """A copy of `model` whose matmul kernels are int8 with per-channel scales.
 
-    Quantized: attention qkv and output projections, MLP in/out, OPT's
-    project_in/out and an untied ``lm_head``. Kept float: embeddings (a tied LM
+    Quantized: attention qkv (Llama family: q, k, v) and output projections,
+    MLP in/out (and gate), OPT's project_in/out and an untied ``lm_head``. Kept float: embeddings (a tied LM
     head multiplies by the token embedding, so it stays float too),
     LayerNorms, biases. The compute dtype stays `model.dtype`.
 

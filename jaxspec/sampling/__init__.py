@@ -1,6 +1,6 @@
 """Exact speculative sampling primitives: logit processing and verification."""
 
-from jaxspec.sampling.kernel import (
+from jaxspec.sampling.accept import (
     VerifyResult,
     acceptance_probability,
     residual_distribution,
@@ -8,9 +8,12 @@ from jaxspec.sampling.kernel import (
     verify_tokenwise,
 )
 from jaxspec.sampling.processing import SamplingConfig, processed_logprobs, processed_probs, sample_from_probs
+from jaxspec.sampling.tree import TreeSpec, TreeVerifyResult, verify_tree_recursive, verify_tree_traversal
 
 __all__ = [
     "SamplingConfig",
+    "TreeSpec",
+    "TreeVerifyResult",
     "VerifyResult",
     "acceptance_probability",
     "processed_logprobs",
@@ -19,4 +22,6 @@ __all__ = [
     "sample_from_probs",
     "verify_block",
     "verify_tokenwise",
+    "verify_tree_recursive",
+    "verify_tree_traversal",
 ]

@@ -149,6 +149,15 @@ class SamplingConfig:
         probability is >= top_p (plus exact ties with the last one kept),
         computed after temperature and top-k. Always keeps at least one token;
         1.0 = off. Must lie in (0, 1].
+
+    Example: a bad value is refused when the config is built, naming it.
+
+    >>> SamplingConfig(temperature=0.7, top_k=50, top_p=0.9).is_greedy
+    False
+    >>> SamplingConfig(top_p=1.5)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    jaxspec.sampling.processing.SettingError: SamplingConfig.top_p must lie in (0, 1], got 1.5; use 1.0 to...off...
     """
 
     temperature: float = 1.0

@@ -29,7 +29,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from jaxspec.generation import common
+from jaxspec.generation.provenance import ACCEPTED_DRAFT, BONUS, RESAMPLED
 from jaxspec.sampling.processing import SamplingConfig
 from jaxspec.serving.validation import GREEDY, Request
 
@@ -234,8 +234,8 @@ def row_choice(
     stopped = eos_token_id is not None and length > 0 and ids[-1] == eos_token_id
     # Each round ends with one resampled or bonus token; a round cut short
     # (by max_tokens or EOS) ends with an accepted draft instead.
-    ends = int(np.isin(provenance, (common.RESAMPLED, common.BONUS)).sum())
-    calls = ends + int(length > 0 and provenance[-1] == common.ACCEPTED_DRAFT)
+    ends = int(np.isin(provenance, (RESAMPLED, BONUS)).sum())
+    calls = ends + int(length > 0 and provenance[-1] == ACCEPTED_DRAFT)
     if "nonfinite_logits" in out and bool(out["nonfinite_logits"][row]) and length < max_tokens:
         reason = "error"  # stopped early at logits without a distribution, before this request's end
     else:
@@ -245,7 +245,7 @@ def row_choice(
         finish_reason=reason,
         generated=length,
         drafted=calls * num_draft_tokens,
-        accepted=int((provenance == common.ACCEPTED_DRAFT).sum()),
+        accepted=int((provenance == ACCEPTED_DRAFT).sum()),
         target_calls=calls,
     )
 

@@ -33,7 +33,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxspec.generation import common
+from jaxspec.generation.inputs import check_positive_int
 from jaxspec.generation.speculative import speculative_sample
 from jaxspec.sampling.processing import SamplingConfig
 from jaxspec.serving import batching, validation
@@ -121,7 +121,7 @@ class Engine:
             either model's context, or bad settings.
         """
         self.target, self.draft = target, draft
-        self.num_draft_tokens = common.check_positive_int("num_draft_tokens", num_draft_tokens)
+        self.num_draft_tokens = check_positive_int("num_draft_tokens", num_draft_tokens)
         self.verify = verify
         self.eos_token_id = eos_token_id
         self.pad_token_id = pad_token_id

@@ -2,7 +2,7 @@
 
 A request is validated completely before it is queued, so a bad one is
 refused on its own and never reaches (or fails) a batch. The checks are the
-library's own: the prompt through `generation.common.check_prompt`, the
+library's own: the prompt through `generation.check_prompt`, the
 sampling settings through `sampling.processing.check_settings` (the check
 behind `SamplingConfig`); this module adds only what is the server's policy
 (its caps, the seed range, a top_p floor) and names the offending field in a
@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxspec.generation import common
+from jaxspec.generation.inputs import check_int, check_prompt
 from jaxspec.sampling.processing import SamplingConfig, SettingError, check_settings
 
 GREEDY = SamplingConfig(temperature=0.0, top_k=0, top_p=1.0)
@@ -88,11 +88,11 @@ def validate(
     Raises:
       RequestError: naming the offending field.
     """
-    prompt = _field("prompt", common.check_prompt, prompt_ids, vocab_size, prompt_cap)
-    max_tokens = _field("max_tokens", common.check_int, "max_tokens", max_tokens, 1, tokens_cap)
-    n = _field("n", common.check_int, "n", n, 1, n_cap, " (rows of one batch)")
+    prompt = _field("prompt", check_prompt, prompt_ids, vocab_size, prompt_cap)
+    max_tokens = _field("max_tokens", check_int, "max_tokens", max_tokens, 1, tokens_cap)
+    n = _field("n", check_int, "n", n, 1, n_cap, " (rows of one batch)")
     if seed is not None:
-        seed = _field("seed", common.check_int, "seed", seed, 0, MAX_SEED)
+        seed = _field("seed", check_int, "seed", seed, 0, MAX_SEED)
     sampling = normalise(temperature, top_k, top_p, vocab_size)
     return Request(prompt_ids=prompt, n=n, max_tokens=max_tokens, sampling=sampling, seed=seed)
 

@@ -1,4 +1,4 @@
-"""Trains the shipped default pair: a GPT-2 target, a GPT-2 draft and an OPT draft, each saved with a model card.
+"""Trains the shipped models: a GPT-2 target and GPT-2, OPT and Llama drafts, each saved with a model card.
 
 Corpus and split: `jaxspec.training.data`. Tokenizer: a byte-level BPE trained
 on the training split (or, when some models are kept, theirs). Models: trained
@@ -22,7 +22,7 @@ from jaxspec.loading import load_model, load_tokenizer, save_model
 from jaxspec.training import data
 from jaxspec.training.trainer import TrainReport, decoder_config, heldout_loss, train
 
-MODEL_NAMES = ("gpt2-target", "gpt2-draft", "opt-draft")
+MODEL_NAMES = ("gpt2-target", "gpt2-draft", "opt-draft", "llama-draft")
 _TARGET = "gpt2-target"
 
 
@@ -31,13 +31,13 @@ class PairConfig:
     """What `train_pair` trains and where (the flags of experiments/train_pair.py).
 
     Attributes:
-      out_dir: where the three model folders and training_summary.json go.
+      out_dir: where the model folders and training_summary.json go.
       extra_dirs: more folders of .py files for the corpus.
       vocab_size: BPE vocabulary size (when a tokenizer is trained).
       context: training context and max_position_embeddings.
       batch_size: sequences per step.
       target_minutes, draft_minutes: training time budgets.
-      target_shape, draft_shape: (layers, width, heads); the draft shape is used by both drafts.
+      target_shape, draft_shape: (layers, width, heads); the draft shape is used by every draft.
       seed: seed of init and batches (model i uses seed + i).
       min_steps: steps trained whatever the budget.
       max_files: use only this many corpus files (0 = all).
@@ -188,6 +188,7 @@ def train_pair(config: PairConfig, *, command: str, log: Callable[[str], None]) 
         "gpt2-target": (decoder_config("gpt2", **target, **common), config.target_minutes, config.target_lr),
         "gpt2-draft": (decoder_config("gpt2", **draft, **common), config.draft_minutes, config.draft_lr),
         "opt-draft": (decoder_config("opt", **draft, **common), config.draft_minutes, config.draft_lr),
+        "llama-draft": (decoder_config("llama", **draft, **common), config.draft_minutes, config.draft_lr),
     }
     models, reports = {}, {}
     init, continued_from = None, ()

@@ -25,15 +25,22 @@ from jaxspec.models.model import Model, init_model
 # process is taking the cores: say so, since the schedule was fitted to the probe.
 SLOW_FRACTION = 0.75
 
-_HF_CLASSES = {"gpt2": ("GPT2Config", "GPT2LMHeadModel"), "opt": ("OPTConfig", "OPTForCausalLM")}
+_HF_CLASSES = {
+    "gpt2": ("GPT2Config", "GPT2LMHeadModel"),
+    "opt": ("OPTConfig", "OPTForCausalLM"),
+    "llama": ("LlamaConfig", "LlamaForCausalLM"),
+}
 
 
 def decoder_config(
     model_type: str, *, vocab_size: int, layers: int, width: int, heads: int, context: int, eos: int
 ) -> DecoderConfig:
-    """A GPT-2 or OPT config with transformers' defaults for every other field (so transformers loads it too).
+    """A GPT-2, OPT or Llama config with transformers' defaults for every other field (so transformers loads it too).
 
     OPT's feed-forward width is 4 * width and its embeddings are not projected.
+    Llama (RoPE, RMSNorm, SwiGLU) gets a SwiGLU width of 8/3 * width rounded up
+    to a multiple of 32 (as Llama's ratio), as many KV heads as heads, and tied
+    embeddings like the small GPT-2 and OPT models.
     """
     import transformers
 
@@ -48,6 +55,16 @@ def decoder_config(
             max_position_embeddings=context,
             word_embed_proj_dim=width,
             pad_token_id=eos,
+        )
+    elif model_type == "llama":
+        shape = dict(
+            hidden_size=width,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            num_key_value_heads=heads,
+            intermediate_size=-(-8 * width // (3 * 32)) * 32,
+            max_position_embeddings=context,
+            tie_word_embeddings=True,
         )
     else:
         raise ValueError(f"unknown model_type {model_type!r}; expected one of {', '.join(_HF_CLASSES)}")

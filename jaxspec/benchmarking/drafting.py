@@ -1,0 +1,200 @@
+"""Drafting strategies side by side: chains, trees and self-drafts against one autoregressive baseline.
+
+For each temperature, every method decodes the same held-out prompts (batch
+1), one timed run per prompt, all methods interleaved prompt by prompt after a
+warm-up run (`time_interleaved`). Reported per method: the speedup over
+autoregressive decoding (median of the per-prompt ratios, with the mean's
+standard error), tokens per target call, mean accepted drafts per round and
+the number of positions one verify pass scores (the verify budget: K + 1 for a
+chain, N + 1 for a tree). Methods are named by a short spec:
+
+  chain:tokenwise:K   chain:block:K       a chain of K drafts (the draft model)
+  tree:traversal:B    tree:recursive:B    a tree of branching B, e.g. 2x2 (N = 6)
+  self:L              the target's first L layers as the draft (block, K = `self_K`)
+
+Also reported, per temperature: Traversal's mean accepted length per round
+minus recursive rejection's on the same tree shape (paired by prompt, with its
+standard error and z score), the comparison Weng et al. 2025 make.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+
+import jaxspec
+from jaxspec.benchmarking.metrics import paired_difference, paired_speedup
+from jaxspec.benchmarking.prompts import heldout_prompts
+from jaxspec.benchmarking.timing import mean_std, time_interleaved
+
+
+@dataclasses.dataclass(frozen=True)
+class DraftingConfig:
+    """A drafting comparison (the flags of experiments/drafting.py).
+
+    Attributes:
+      target_model, draft_model: folders or hub ids.
+      methods: method specs (module docstring).
+      temperatures: sampling temperatures (0 = greedy).
+      num_prompts, prompt_tokens, N: held-out prompts, their length, new tokens per prompt.
+      self_K: draft tokens per round of the self-drafts.
+      seed: base seed; run i uses seed + i.
+    """
+
+    target_model: str
+    draft_model: str
+    methods: tuple[str, ...] = ("chain:block:6", "tree:traversal:2x2", "tree:recursive:2x2", "self:1", "self:2")
+    temperatures: tuple[float, ...] = (0.0, 0.6, 1.0)
+    num_prompts: int = 16
+    prompt_tokens: int = 32
+    N: int = 128
+    self_K: int = 4
+    seed: int = 0
+
+
+def parse_method(spec: str) -> tuple[str, str, tuple[int, ...]]:
+    """("chain" | "tree" | "self", rule, shape) of a method spec.
+
+    >>> parse_method("tree:traversal:2x2"), parse_method("chain:block:6"), parse_method("self:2")
+    (('tree', 'traversal', (2, 2)), ('chain', 'block', (6,)), ('self', 'block', (2,)))
+
+    Raises:
+      ValueError: a spec of another form.
+    """
+    parts = spec.split(":")
+    try:
+        if parts[0] == "self" and len(parts) == 2:
+            return "self", "block", (int(parts[1]),)
+        if parts[0] in ("chain", "tree") and len(parts) == 3:
+            shape = tuple(int(b) for b in parts[2].split("x"))
+            if parts[0] == "chain" and len(shape) == 1:
+                return "chain", parts[1], shape
+            if parts[0] == "tree":
+                return "tree", parts[1], shape
+    except ValueError:
+        pass
+    raise ValueError(
+        f"method {spec!r} is not chain:<rule>:<K>, tree:<rule>:<b1>x<b2>..., or self:<layers>; "
+        "e.g. chain:block:6, tree:traversal:2x2, self:2."
+    )
+
+
+def _runner(kind, rule, shape, target, draft, prompts, temperature, n, self_k, seed):
+    kwargs = dict(max_new_tokens=n, temperature=temperature)
+    if kind == "chain":
+        return lambda s: jaxspec.speculative_sample(
+            target, draft, prompts(s), key=jax.random.key(seed + s), num_draft_tokens=shape[0], verify=rule, **kwargs
+        )
+    if kind == "tree":
+        return lambda s: jaxspec.tree_speculative_sample(
+            target, draft, prompts(s), key=jax.random.key(seed + s), branching=shape, verify=rule, **kwargs
+        )
+    drafter = jaxspec.SelfDrafter.first_layers(target, shape[0])
+    return lambda s: jaxspec.speculative_sample(
+        target, drafter, prompts(s), key=jax.random.key(seed + s), num_draft_tokens=self_k, verify="block", **kwargs
+    )
+
+
+def verify_positions(kind: str, shape: tuple[int, ...], self_k: int) -> int:
+    """Positions one verify pass scores: K + 1 (chain), N + 1 (tree)."""
+    if kind == "chain":
+        return shape[0] + 1
+    if kind == "self":
+        return self_k + 1
+    return int(np.sum(np.cumprod(shape))) + 1
+
+
+def compare_drafting(config: DraftingConfig, log=print) -> dict:
+    """Runs every method at every temperature; returns the report (rows per method and temperature)."""
+    parsed = {spec: parse_method(spec) for spec in config.methods}
+    target = jaxspec.load_model(config.target_model)
+    draft = jaxspec.load_model(config.draft_model)
+    tokenizer = jaxspec.load_tokenizer(config.target_model)
+    prompt_set = heldout_prompts(tokenizer, config.num_prompts, config.prompt_tokens)
+
+    def prompts(seed: int) -> np.ndarray:
+        return prompt_set[seed % len(prompt_set)][None] if seed < len(prompt_set) else prompt_set[:1]
+
+    rows, comparisons = [], []
+    for t in config.temperatures:
+        methods = {
+            "autoregressive": lambda s, t=t: jaxspec.autoregressive_sample(
+                target, prompts(s), key=jax.random.key(config.seed + s), max_new_tokens=config.N, temperature=t
+            )
+        }
+        for spec, (kind, rule, shape) in parsed.items():
+            methods[spec] = _runner(kind, rule, shape, target, draft, prompts, t, config.N, config.self_K, config.seed)
+        log(f"T = {t}: {len(methods)} methods x {config.num_prompts} prompts")
+        timings, results = time_interleaved(methods, config.num_prompts, keep_results=True)
+        ar_times = timings["autoregressive"]["times_s"]
+        per_round = {}
+        for spec, (kind, _, shape) in parsed.items():
+            res = results[spec]
+            rounds = np.asarray([int(r.num_rounds[0]) for r in res], np.float64)
+            accepted = np.asarray([int(r.num_accepted[0]) for r in res], np.float64)
+            generated = np.asarray([int(r.lengths[0]) for r in res], np.float64)
+            per_round[spec] = accepted / rounds
+            mean, std = mean_std(timings[spec]["times_s"])
+            rows.append(
+                dict(
+                    temperature=t,
+                    method=spec,
+                    verify_positions=verify_positions(kind, shape, config.self_K),
+                    time_ms=1000 * mean,
+                    time_std_ms=1000 * std,
+                    tokens_per_target_call=float(generated.sum() / rounds.sum()),
+                    accepted_per_round=float(accepted.sum() / rounds.sum()),
+                    accepted_per_round_se=float(np.std(per_round[spec], ddof=1) / np.sqrt(len(res))),
+                    **paired_speedup(ar_times, timings[spec]["times_s"]),
+                )
+            )
+            r = rows[-1]
+            log(
+                f"  {spec:22s} {r['speedup']:.2f}x ± {r['speedup_se']:.2f}  "
+                f"{r['tokens_per_target_call']:.2f} tokens/call  {r['accepted_per_round']:.2f} accepted/round"
+            )
+        for spec, (kind, rule, shape) in parsed.items():
+            other = f"tree:recursive:{'x'.join(map(str, shape))}"
+            if kind == "tree" and rule == "traversal" and other in per_round:
+                comparisons.append(
+                    dict(
+                        temperature=t,
+                        tree="x".join(map(str, shape)),
+                        **paired_difference(per_round[other], per_round[spec]),
+                    )
+                )
+    return dict(
+        target_model=config.target_model,
+        draft_model=config.draft_model,
+        num_prompts=config.num_prompts,
+        prompt_tokens=config.prompt_tokens,
+        N=config.N,
+        self_K=config.self_K,
+        device=str(jax.devices()[0]),
+        rows=rows,
+        traversal_minus_recursive=comparisons,
+    )
+
+
+def plot_drafting(report: dict, path: str) -> None:
+    """Speedup (with its standard error) of every method, one group of bars per temperature."""
+    from jaxspec.benchmarking.plots import _pyplot
+
+    plt = _pyplot()
+    temps = sorted({r["temperature"] for r in report["rows"]})
+    methods = list(dict.fromkeys(r["method"] for r in report["rows"]))
+    width = 0.8 / len(methods)
+    fig, ax = plt.subplots(figsize=(2 + 1.6 * len(temps) * len(methods) / 3, 4))
+    for i, m in enumerate(methods):
+        cells = [next(r for r in report["rows"] if r["temperature"] == t and r["method"] == m) for t in temps]
+        xs = np.arange(len(temps)) + (i - (len(methods) - 1) / 2) * width
+        ax.bar(xs, [c["speedup"] for c in cells], width, yerr=[c["speedup_se"] for c in cells], label=m, capsize=2)
+    ax.axhline(1.0, color="gray", lw=0.8)
+    ax.set_xticks(np.arange(len(temps)), [f"T = {t}" for t in temps])
+    ax.set_ylabel("speedup over autoregressive (median, ± se)")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
