@@ -20,14 +20,14 @@ EXPERIMENTS = os.path.join(REPO, "experiments")
 
 @pytest.fixture(scope="module")
 def tiny_pair(tmp_path_factory):
-    """A tokenizer + tiny GPT-2 target + tiny OPT draft saved as HF folders."""
+    """A tokenizer + tiny GPT-2 target + tiny OPT draft (+ a tiny Llama target) saved as HF folders."""
     root = tmp_path_factory.mktemp("pair")
     texts = ["def f(x):\n    return x + 1\n", "import os\nprint(os.getcwd())\n"] * 20
     tokenizer = train_tokenizer(texts, 300, str(root / "tok"))
     vocab = len(tokenizer)
     eos = tokenizer.eos_token_id
     folders = {}
-    for name, kind, seed in (("target", "gpt2", 0), ("draft", "opt", 1)):
+    for name, kind, seed in (("target", "gpt2", 0), ("draft", "opt", 1), ("llama_target", "llama", 2)):
         config = tiny_config(kind, vocab_size=vocab, max_positions=128, eos_token_id=eos)
         folder = root / name
         jaxspec.save_model(random_model(config, seed, scale=5.0), folder)
@@ -191,6 +191,42 @@ def test_compare_self_drafter(tiny_pair, tmp_path):
     report = json.loads(out.read_text())
     assert report["draft_model"].startswith("self-draft")
     assert report["methods"]["speculative"]["generated_tokens"] == 8
+
+
+@pytest.mark.parametrize("drafter", ["model", "self"])
+def test_compare_with_a_llama_target(tiny_pair, tmp_path, drafter):
+    """A Llama folder as --target_model, with the OPT draft (across families) or its own first layer."""
+    out = tmp_path / "c.json"
+    proc = _run(
+        "compare.py",
+        f"--target_model={tiny_pair['llama_target']}",
+        f"--draft_model={tiny_pair['draft']}",
+        f"--drafter={drafter}",
+        "--input_str=def f(x):",
+        "--num_runs=1",
+        "--N=8",
+        "--K=2",
+        f"--output_json={out}",
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(out.read_text())["methods"]["speculative"]["generated_tokens"] == 8
+
+
+def test_benchmark_settings_mode_with_a_llama_target(tiny_pair, tmp_path):
+    proc = _run(
+        "benchmark.py",
+        "--mode=settings",
+        f"--target_model={tiny_pair['llama_target']}",
+        f"--draft_model={tiny_pair['draft']}",
+        "--settings=0.6:0:1",
+        "--settings_K=2",
+        "--N=6",
+        "--num_runs=2",
+        "--prompt_tokens=8",
+        f"--out_dir={tmp_path}",
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads((tmp_path / "settings.json").read_text())["rows"][0]["spec_tokens_per_s"] > 0
 
 
 def test_drafting_end_to_end(tiny_pair, tmp_path):
@@ -362,7 +398,10 @@ def test_train_pair_smoke(tmp_path):
     assert set(summary["models"]) == {"gpt2-target", "gpt2-draft", "opt-draft", "llama-draft"}
     assert jaxspec.load_model(tmp_path / "llama-draft").config.model_type == "llama"
 
-    # Retraining one model keeps the others (weights and tokenizer) and rewrites every card's table.
+    # Retraining one model keeps the others (weights and tokenizer) and rewrites every card's table;
+    # entries other tools added to the summary (e.g. a distilled draft's) survive.
+    summary["models"]["some-distilled-draft"] = {"heldout_loss": 1.5}
+    (tmp_path / "training_summary.json").write_text(json.dumps(summary))
     kept = (tmp_path / "opt-draft" / "model.safetensors").read_bytes()
     tokenizer_before = (tmp_path / "gpt2-draft" / "tokenizer.json").read_text()
     proc = _run(
@@ -383,6 +422,7 @@ def test_train_pair_smoke(tmp_path):
     assert (tmp_path / "gpt2-target" / "tokenizer.json").read_text() == tokenizer_before
     again = json.loads((tmp_path / "training_summary.json").read_text())
     assert again["models"]["opt-draft"]["heldout_loss"] == summary["models"]["opt-draft"]["heldout_loss"]
+    assert again["models"]["some-distilled-draft"] == {"heldout_loss": 1.5}
     assert "--models=gpt2-target" in again["models"]["gpt2-target"]["command"]
     new_loss = f"{again['models']['gpt2-target']['heldout_loss']:.3f}"
     assert f"| gpt2-target | {new_loss} |" in (tmp_path / "opt-draft" / "README.md").read_text()

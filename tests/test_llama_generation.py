@@ -144,3 +144,28 @@ def test_greedy_speculative_equals_autoregressive_int8():
     expected = autoregressive_sample(target, PROMPTS, key=jax.random.key(0), **kwargs)
     out = speculative_sample(target, draft, PROMPTS, key=jax.random.key(1), num_draft_tokens=3, **kwargs)
     np.testing.assert_array_equal(out.tokens, expected.tokens)
+
+
+# --- the server engine ------------------------------------------------------------------
+
+
+def test_engine_serves_a_llama_pair_greedy_as_autoregressive():
+    from jaxspec import serving
+
+    target, draft = _pair()
+    engine = serving.Engine(
+        target,
+        draft,
+        num_draft_tokens=3,
+        buckets=serving.Buckets(prompt=(8,), batch=(4,), tokens=(12,)),
+        batch_window_s=0.1,
+    )
+    engine.start()
+    try:
+        futures = [engine.submit(p, max_tokens=12, temperature=0) for p in PROMPTS]
+        completions = [f.result(timeout=300) for f in futures]
+    finally:
+        engine.close()
+    expected = _greedy_reference()
+    for completion, row, n in zip(completions, np.asarray(expected.tokens), np.asarray(expected.lengths)):
+        assert completion.choices[0].token_ids == tuple(int(t) for t in row[:n])

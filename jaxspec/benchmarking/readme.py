@@ -368,11 +368,44 @@ def settings_section(results_dir: str) -> str | None:
     )
 
 
+def drafting_section(results_dir: str) -> str | None:
+    """Chains, trees and self-drafts (drafting.py): speedup ± se and tokens per target call per temperature."""
+    d = _load(results_dir, "drafting", "drafting.json")
+    if d is None:
+        return None
+    temps = sorted({r["temperature"] for r in d["rows"]})
+    methods = list(dict.fromkeys(r["method"] for r in d["rows"]))
+    cell = {(r["method"], r["temperature"]): r for r in d["rows"]}
+    rows = [
+        [m, str(cell[(m, temps[0])]["verify_positions"])]
+        + [
+            f"{cell[(m, t)]['speedup']:.2f}× ± {cell[(m, t)]['speedup_se']:.2f}, "
+            f"{cell[(m, t)]['tokens_per_target_call']:.2f}"
+            for t in temps
+        ]
+        for m in methods
+    ]
+    header = ["method", "positions", *(f"T = {t:g}" for t in temps)]
+    lines = [
+        f"Batch 1, N = {d['N']}, {d['num_prompts']} held-out prompts, methods interleaved with autoregressive "
+        "decoding; speedup (median ± se), tokens per target call; positions = what one target pass scores:",
+        "",
+        markdown_table(header, rows),
+    ]
+    for c in d.get("traversal_minus_recursive", []):
+        lines.append(
+            f"\nT = {c['temperature']:g}, tree {c['tree']}: Traversal − recursive accepted drafts per round "
+            f"{c['difference']:+.3f} ± {c['difference_se']:.3f} (z = {c['z']:.1f})."
+        )
+    return "\n".join(lines)
+
+
 SECTIONS = {
     "Comparison (compare.py)": compare_section,
     "Sweep at batch 1 on the current pair (benchmark.py)": lambda d: sweep_section(d, "benchmark_b1"),
     "Sampler before/after (ab_versions.py)": settings_ab_section,
     "Cost of top-k / top-p (benchmark.py --mode settings)": settings_section,
+    "Drafting strategies: chains, trees, self-drafts (drafting.py)": drafting_section,
     "Against transformers (vs_transformers.py)": vs_transformers_section,
     "Sweep (benchmark.py; previous pair)": sweep_section,
     "Block vs token-wise in the sweep's timing cells (benchmark.py)": block_vs_tokenwise_section,

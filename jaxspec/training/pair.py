@@ -165,7 +165,7 @@ def train_pair(config: PairConfig, *, command: str, log: Callable[[str], None]) 
     selected, kept = config.selected, config.kept
     summary_path = os.path.join(out, "training_summary.json")
     previous = {}
-    if kept:
+    if os.path.exists(summary_path):
         with open(summary_path) as fh:
             previous = json.load(fh)
     tokenizer = _tokenizer(config, train_texts, tok_dir)
@@ -244,6 +244,8 @@ def train_pair(config: PairConfig, *, command: str, log: Callable[[str], None]) 
     summary = {
         name: dict(vars(reports[name]), config=configs[name].hf_config, command=commands[name]) for name in MODEL_NAMES
     }
+    # Entries other tools added (a distilled draft, a longer-trained target) are kept as they were.
+    summary.update({name: entry for name, entry in previous.get("models", {}).items() if name not in summary})
     result = dict(data=corpus, models=summary, command=command)
     with open(summary_path, "w") as fh:
         json.dump(result, fh, indent=2)
