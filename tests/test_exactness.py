@@ -18,6 +18,7 @@ round whenever a draft is rejected, so cache rollback and the draft-cache
 catch-up after a fully accepted block are exercised too.
 """
 
+import dataclasses
 import functools
 import itertools
 
@@ -96,11 +97,13 @@ def test_speculative_matches_exact_target_law(setting):
 
 
 def _first_token_laws(target, draft, sampling):
+    """p1 under `sampling`, q1 under the draft's default settings (the target's, without top-p)."""
     laws = []
-    for model in (target, draft):
+    draft_sampling = dataclasses.replace(sampling, top_p=1.0)
+    for model, settings in ((target, sampling), (draft, draft_sampling)):
         cache = model.init_cache(1, len(PROMPT))
         logits, _ = model(jnp.asarray([PROMPT]), cache)
-        laws.append(np.asarray(processed_probs(logits[0, -1], sampling), np.float64))
+        laws.append(np.asarray(processed_probs(logits[0, -1], settings), np.float64))
     return laws
 
 

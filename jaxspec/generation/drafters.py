@@ -101,8 +101,9 @@ class ModelDrafter:
       model: the draft `Model` (traced: its params are jit arguments).
       sampling: how the draft samples; q is exactly this processed law. A
         `SamplingParams` (traced, one setting per row), a `SamplingConfig`
-        (one setting for all rows), or None for the target's settings;
-        `speculative_sample` turns the last two into per-row arrays.
+        (one setting for all rows), or None for the target's temperature and
+        top-k without top-p (`speculative.draft_settings`); `speculative_sample`
+        turns the last two into per-row arrays.
       shared_vocab_size: ids both models sample over, when they differ only by
         padding rows (None: decided by `shared_vocabulary`).
 

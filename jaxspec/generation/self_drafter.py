@@ -91,7 +91,7 @@ class SelfDrafter:
       target: the target `Model` (traced; the very arrays the loop verifies with).
       layers: static, increasing indices of the blocks the draft runs.
       sampling: how the draft samples (as `ModelDrafter.sampling`; None: the
-        target's settings).
+        target's temperature and top-k, without top-p).
       vocab_size: set by `speculative_sample` (the target's vocabulary).
 
     State: the KV cache of the chosen layers, with `ModelDrafter`'s invariants.

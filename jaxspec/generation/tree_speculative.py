@@ -45,7 +45,7 @@ from jaxspec.generation.drafters import shared_vocabulary
 from jaxspec.generation.emit import Sequences, emit, generated_tokens, init_sequences, last_tokens, target_lengths_after
 from jaxspec.generation.inputs import check_context, check_eos, check_positive_int, prepare_prompts, row_settings
 from jaxspec.generation.provenance import ACCEPTED_DRAFT, BONUS, RESAMPLED
-from jaxspec.generation.speculative import SpeculativeResult
+from jaxspec.generation.speculative import SpeculativeResult, draft_settings
 from jaxspec.generation.verify import prefill
 from jaxspec.models.cache import KVCache
 from jaxspec.models.model import Model
@@ -283,12 +283,7 @@ def tree_speculative_sample(
     prompts = prepare_prompts(prompt_ids, prompt_lengths, vocab, pad_token_id)
     batch = prompts.batch_size
     target_sampling = row_settings(temperature, top_k, top_p, batch)
-    draft_sampling = row_settings(
-        temperature if draft_temperature is None else draft_temperature,
-        top_k if draft_top_k is None else draft_top_k,
-        top_p if draft_top_p is None else draft_top_p,
-        batch,
-    )
+    draft_sampling = draft_settings(temperature, top_k, batch, draft_temperature, draft_top_k, draft_top_p)
     needed = prompts.max_length + n + tree.num_nodes + tree.depth + 1
     detail = "longest prompt + max_new_tokens + tree nodes + depth + 1"
     check_context(target, "target", needed, detail)
