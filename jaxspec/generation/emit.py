@@ -14,7 +14,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from jaxspec.generation.provenance import NOT_GENERATED
+from jaxspec.generation.provenance import ACCEPTED_DRAFT, BONUS, NOT_GENERATED, RESAMPLED
 
 
 @flax.struct.dataclass
@@ -136,3 +136,31 @@ def target_lengths_after(old_cache_lengths_B: jax.Array, new_seqs: Sequences, ac
     rejected drafts stay in place, past the length, until overwritten.
     """
     return jnp.where(active_B, new_seqs.lengths - 1, old_cache_lengths_B)
+
+
+def stop_at_first_invalid(invalid_BxE: jax.Array, num_accepted_B: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Truncates a round at the first target law it used that had no distribution.
+
+    invalid_BxE[b, j] marks that the law after the round's first j drafts
+    (column 0: after the committed tokens) had none (`valid_rows`). The round
+    used columns 0..n; if one of them is invalid, only the drafts before it
+    are kept and the row stops.
+
+    Returns:
+      (kept drafts int32 [B], nonfinite bool [B]).
+    """
+    width = invalid_BxE.shape[1]
+    first_B = jnp.where(jnp.any(invalid_BxE, axis=1), jnp.argmax(invalid_BxE, axis=1), width)
+    nonfinite_B = first_B <= num_accepted_B
+    return jnp.where(nonfinite_B, first_B, num_accepted_B), nonfinite_B
+
+
+def round_provenance(num_accepted_B: jax.Array, width: int) -> tuple[jax.Array, jax.Array]:
+    """(bool [B, E] column n, int8 [B, E] provenance) of a round that kept n of E - 1 drafts.
+
+    Columns before n are accepted drafts; column n is the bonus token when all
+    E - 1 were kept, else the resample after the rejection.
+    """
+    at_n_BxE = jnp.arange(width, dtype=jnp.int32)[None, :] == num_accepted_B[:, None]
+    last_kind_B = jnp.where(num_accepted_B == width - 1, BONUS, RESAMPLED)
+    return at_n_BxE, jnp.where(at_n_BxE, last_kind_B[:, None], ACCEPTED_DRAFT).astype(jnp.int8)

@@ -32,9 +32,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxspec.generation.drafters import Drafter, ModelDrafter, shared_vocabulary
-from jaxspec.generation.emit import Sequences, emit, generated_tokens, init_sequences, target_lengths_after
+from jaxspec.generation.emit import (
+    Sequences,
+    emit,
+    generated_tokens,
+    init_sequences,
+    round_provenance,
+    stop_at_first_invalid,
+    target_lengths_after,
+)
 from jaxspec.generation.inputs import check_context, check_eos, check_positive_int, prepare_prompts, row_settings
-from jaxspec.generation.provenance import ACCEPTED_DRAFT, BONUS, RESAMPLED
 from jaxspec.generation.self_drafter import SelfDrafter
 from jaxspec.generation.verify import prefill, score_drafts
 from jaxspec.models.cache import KVCache
@@ -158,7 +165,6 @@ def _generate(
         num_accepted=zeros_B,
         round_histogram=jnp.zeros((batch, k + 1), jnp.int32),
     )
-    slot_E = jnp.arange(k + 1, dtype=jnp.int32)
 
     def round_(state: _State) -> _State:
         key, draft_key, verify_key = jax.random.split(state.key, 3)
@@ -174,16 +180,11 @@ def _generate(
         n_B = verdict.num_accepted
         # The round used p_0..p_n. If one of them had no distribution (see
         # valid_rows), keep only the drafts accepted before it and stop the row.
-        invalid_BxK1 = ~valid_rows(logits_BxK1xV)
-        first_invalid_B = jnp.where(jnp.any(invalid_BxK1, axis=1), jnp.argmax(invalid_BxK1, axis=1), k + 1)
-        nonfinite_B = first_invalid_B <= n_B
-        n_B = jnp.where(nonfinite_B, first_invalid_B, n_B)
+        n_B, nonfinite_B = stop_at_first_invalid(~valid_rows(logits_BxK1xV), n_B)
 
         # 4. Emit (emit.py): d_1..d_n then the resample/bonus token at slot n.
-        at_n_BxE = slot_E[None, :] == n_B[:, None]
+        at_n_BxE, provenance_BxE = round_provenance(n_B, k + 1)
         block_BxE = jnp.where(at_n_BxE, verdict.next_token[:, None], jnp.pad(drafts_BxK, ((0, 0), (0, 1))))
-        last_kind_B = jnp.where(n_B == k, BONUS, RESAMPLED)
-        provenance_BxE = jnp.where(at_n_BxE, last_kind_B[:, None], ACCEPTED_DRAFT).astype(jnp.int8)
         new_seqs, count_B = emit(
             seqs,
             block_BxE,

@@ -42,9 +42,17 @@ import jax
 import jax.numpy as jnp
 
 from jaxspec.generation.drafters import shared_vocabulary
-from jaxspec.generation.emit import Sequences, emit, generated_tokens, init_sequences, last_tokens, target_lengths_after
+from jaxspec.generation.emit import (
+    Sequences,
+    emit,
+    generated_tokens,
+    init_sequences,
+    last_tokens,
+    round_provenance,
+    stop_at_first_invalid,
+    target_lengths_after,
+)
 from jaxspec.generation.inputs import check_context, check_eos, check_positive_int, prepare_prompts, row_settings
-from jaxspec.generation.provenance import ACCEPTED_DRAFT, BONUS, RESAMPLED
 from jaxspec.generation.speculative import SpeculativeResult, draft_settings
 from jaxspec.generation.verify import prefill
 from jaxspec.models.cache import KVCache
@@ -140,7 +148,6 @@ def _generate(
         num_accepted=zeros_B,
         round_histogram=jnp.zeros((batch, depth + 1), jnp.int32),
     )
-    column_D1 = jnp.arange(depth + 1, dtype=jnp.int32)
 
     def round_(state: _State) -> _State:
         key, draft_key, verify_key = jax.random.split(state.key, 3)
@@ -181,16 +188,12 @@ def _generate(
         n_B = verdict.num_accepted
         path_BxD1 = jnp.concatenate([jnp.zeros((batch, 1), jnp.int32), jnp.maximum(verdict.path, 0)], axis=1)
         # A node on the path whose logits give no distribution: keep the drafts before it, stop the row.
-        invalid_BxD1 = jnp.take_along_axis(~valid_rows(logits_BxN1xV), path_BxD1, axis=1)
-        invalid_BxD1 &= column_D1[None, :] <= n_B[:, None]
-        first_invalid_B = jnp.where(jnp.any(invalid_BxD1, axis=1), jnp.argmax(invalid_BxD1, axis=1), depth + 1)
-        nonfinite_B = first_invalid_B <= n_B
-        n_B = jnp.where(nonfinite_B, first_invalid_B, n_B)
+        n_B, nonfinite_B = stop_at_first_invalid(
+            jnp.take_along_axis(~valid_rows(logits_BxN1xV), path_BxD1, axis=1), n_B
+        )
 
         # 4. Emit the path and the next token; keep the path in the target's cache.
-        at_n_BxD1 = column_D1[None, :] == n_B[:, None]
-        last_kind_B = jnp.where(n_B == depth, BONUS, RESAMPLED)
-        provenance_BxD1 = jnp.where(at_n_BxD1, last_kind_B[:, None], ACCEPTED_DRAFT).astype(jnp.int8)
+        at_n_BxD1, provenance_BxD1 = round_provenance(n_B, depth + 1)
         new_seqs, _ = emit(
             seqs,
             jnp.maximum(verdict.tokens, 0),
