@@ -59,6 +59,12 @@ flags.DEFINE_integer("eval_prompts", 16, "Held-out prompts for the evaluation.",
 flags.DEFINE_list("eval_temperatures", ["0.6", "1.0"], "Temperatures of the evaluation.")
 flags.DEFINE_integer("eval_K", 4, "Draft tokens per round in the evaluation.", lower_bound=1)
 flags.DEFINE_integer("eval_N", 64, "New tokens per evaluation call.", lower_bound=1)
+flags.DEFINE_string(
+    "corpus",
+    None,
+    "A corpus saved by train_pair.py --save_corpus: its tokens replace this interpreter's standard library for "
+    "prompts and held-out loss (on a host with another Python).",
+)
 
 flags.register_validator(
     "temperature",

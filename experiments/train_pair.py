@@ -11,6 +11,9 @@ card, so both jaxspec and transformers load each folder offline.
     python experiments/train_pair.py --target_minutes 2 --draft_minutes 1 --out_dir /tmp/pair  # smoke run
     python experiments/train_pair.py --models gpt2-target --target_minutes 35   # retrain one model
     python experiments/train_pair.py --models llama-draft   # add the Llama-architecture draft
+    python experiments/train_pair.py --save_corpus corpus.npz    # tokens + tokenizer for an accelerator host
+    python experiments/train_pair.py --corpus corpus.npz --extra_dirs "$SITE_PACKAGES" --extra_max_mb 150 \
+        --target_shape 8,384,6 --batch_size 64 --target_minutes 3 --draft_minutes 0.5   # there
 
 With --models naming a subset, the others are kept as they are in --out_dir: the
 tokenizer is taken from their folders (so ids stay compatible), their reports
@@ -20,6 +23,7 @@ losses is rewritten. The work is `jaxspec.training.train_pair`.
 
 from __future__ import annotations
 
+import os
 import sys
 
 from absl import app, flags
@@ -50,11 +54,27 @@ flags.DEFINE_string(
 )
 flags.DEFINE_float("target_lr", 3e-3, "Peak learning rate of the target.", lower_bound=0.0)
 flags.DEFINE_float("draft_lr", 3e-3, "Peak learning rate of the drafts.", lower_bound=0.0)
+flags.DEFINE_string(
+    "corpus",
+    None,
+    "A tokenized corpus written by --save_corpus, used instead of this interpreter's standard library (so an "
+    "accelerator host with another Python trains on the same tokens); --extra_dirs then add training text only.",
+)
+flags.DEFINE_float("extra_max_mb", 0, "With --corpus: at most this many MB of --extra_dirs source (0 = all).")
+SAVE_CORPUS = flags.DEFINE_string(
+    "save_corpus",
+    None,
+    "Write the standard-library corpus, tokenized with --out_dir's gpt2-target tokenizer, to this .npz and exit.",
+)
 
 
 def main(argv):
     del argv
     benchmarking.quiet_logs()  # one line per event: ours, not JAX's INFO chatter
+    if SAVE_CORPUS.value:
+        meta = training.data.save_corpus(SAVE_CORPUS.value, os.path.join(flags.FLAGS.out_dir, "gpt2-target"))
+        benchmarking.log(f"wrote {SAVE_CORPUS.value}: {meta}")
+        return
     config = benchmarking.from_flags(training.PairConfig, flags.FLAGS, check=training.check_config)
     training.train_pair(config, command="python " + " ".join(sys.argv), log=benchmarking.log)
 

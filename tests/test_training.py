@@ -91,3 +91,40 @@ def test_check_config_names_what_is_missing(tmp_path):
 
 def test_docstring_examples():
     assert doctest.testmod(trainer).failed == 0
+
+
+def test_saved_corpus_round_trips_and_extra_text_avoids_heldout_names(tmp_path):
+    """An accelerator host trains on the tokens and tokenizer saved here; extra text never shares a held-out name."""
+    from jaxspec.distillation.data import StreamPromptSource, document_prompts
+    from jaxspec.loading import load_tokenizer
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(40):
+        (src / f"mod{i}.py").write_text(f"def f{i}(x):\n    return x + {i}\n")
+    files = sorted(str(p) for p in src.glob("*.py"))
+    tok_dir = os.path.join(os.path.dirname(__file__), os.pardir, "checkpoints", "gpt2-target")
+    meta = training.data.save_corpus(str(tmp_path / "c.npz"), tok_dir, files)
+    train, heldout, loaded = training.data.load_corpus(str(tmp_path / "c.npz"), str(tmp_path / "tok"))
+    tokenizer = load_tokenizer(str(tmp_path / "tok"))
+    assert tokenizer.get_vocab() == load_tokenizer(tok_dir).get_vocab()
+    train_files, heldout_files = training.split_files(files)
+    assert (len(train), len(heldout)) == (meta["train_tokens"], meta["heldout_tokens"])
+    np.testing.assert_array_equal(train, training.encode(tokenizer, training.read_texts(train_files)))
+    np.testing.assert_array_equal(heldout, training.encode(tokenizer, training.read_texts(heldout_files)))
+    assert loaded["heldout_names"] == sorted(os.path.basename(f) for f in heldout_files)
+    # Held-out prompts cut from the saved stream are the first tokens of each held-out file.
+    eos = tokenizer.convert_tokens_to_ids(training.EOS)
+    first = tokenizer(training.read_texts(heldout_files[:1]), add_special_tokens=False)["input_ids"][0][:3]
+    assert document_prompts(heldout, eos, 1, 3).tolist() == [first]
+    assert StreamPromptSource(train, 5, np.random.default_rng(0)).sample(3).shape == (3, 5)
+
+    extra = tmp_path / "site"
+    extra.mkdir()
+    (extra / os.path.basename(heldout_files[0])).write_text("leak = 1\n")  # a vendored copy of a held-out file
+    (extra / "big.py").write_text("y = 2\n" * 1000)
+    (extra / "small.py").write_text("z = 3\n")
+    picked = training.data.extra_training_files([str(extra)], loaded["heldout_names"], max_mb=0)
+    assert sorted(os.path.basename(f) for f in picked) == ["big.py", "small.py"]
+    capped = training.data.extra_training_files([str(extra)], loaded["heldout_names"], max_mb=0.001)
+    assert [os.path.basename(f) for f in capped] == ["small.py"]

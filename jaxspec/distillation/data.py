@@ -48,6 +48,38 @@ class PromptSource:
         raise ValueError(f"too few training files with >= {self.length} tokens; lower --prompt_tokens")
 
 
+class StreamPromptSource:
+    """Prompts of a fixed token length cut at random offsets of one token stream (a saved corpus's training split)."""
+
+    def __init__(self, stream: np.ndarray, length: int, rng: np.random.Generator):
+        if len(stream) <= length:
+            raise ValueError(f"the stream has {len(stream)} tokens, too few for {length}-token prompts")
+        self.stream, self.length, self.rng = stream, length, rng
+
+    def sample(self, count: int) -> np.ndarray:
+        """int32 [count, length] prompts."""
+        starts = self.rng.integers(0, len(self.stream) - self.length + 1, count)
+        return np.stack([self.stream[s : s + self.length] for s in starts]).astype(np.int32)
+
+
+def document_prompts(stream: np.ndarray, eos: int, count: int, length: int) -> np.ndarray:
+    """int32 [count, length]: the first `length` tokens of the first `count` documents (EOS-separated) that have them.
+
+    On a saved corpus's held-out stream these are `heldout_prompts`' prompts.
+
+    >>> document_prompts(np.array([5, 6, 0, 7, 8, 9, 0, 1, 2, 0]), eos=0, count=2, length=2).tolist()
+    [[5, 6], [7, 8]]
+    """
+    ends = np.flatnonzero(stream == eos)
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    prompts = [stream[s : s + length] for s, e in zip(starts, ends) if e - s >= length][:count]
+    if len(prompts) < count:
+        raise ValueError(
+            f"only {len(prompts)} held-out documents have {length} tokens; ask for fewer or shorter prompts."
+        )
+    return np.stack(prompts).astype(np.int32)
+
+
 def make_generator(target: Model, prompt_len: int, gen_tokens: int, config: SamplingConfig):
     """Returns chunk(prompts_BxP, key) -> (tokens [B, P+G], target log-probs [B, G, V], mask [B, G]) in numpy."""
     target_logprobs = jax.jit(functools.partial(sequence_logprobs, prompt_len=prompt_len, config=config))

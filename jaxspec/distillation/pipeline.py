@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from collections.abc import Callable
 
 import jax
@@ -12,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxspec.benchmarking.prompts import heldout_prompts
-from jaxspec.distillation.data import PromptSource
+from jaxspec.distillation.data import PromptSource, StreamPromptSource, document_prompts
 from jaxspec.distillation.trainer import DistillConfig, distill, evaluate_speed
 from jaxspec.loading import load_model, load_tokenizer, save_model
 from jaxspec.models.model import Model
@@ -131,23 +132,35 @@ def distill_draft(config: DistillConfig, *, command: str, log: Callable[[str], N
                 f"{role}'s context of {model.max_positions}"
             )
     tokenizer = load_tokenizer(config.target_model)
-    train_files, heldout_files = data.split_files(data.python_files())
     rng = np.random.default_rng(config.seed + 1)
-    prompts = PromptSource(train_files, tokenizer, config.prompt_tokens, rng)
-    eval_prompts = heldout_prompts(tokenizer, max(config.eval_prompts, config.gen_batch), config.prompt_tokens)
+    num_eval = max(config.eval_prompts, config.gen_batch)
+    if config.corpus:
+        with tempfile.TemporaryDirectory() as tok_dir:
+            train_stream, heldout_stream, meta = data.load_corpus(config.corpus, tok_dir)
+            if load_tokenizer(tok_dir).get_vocab() != tokenizer.get_vocab():
+                raise ValueError(f"--corpus={config.corpus} was tokenized with another tokenizer than the target's")
+        prompts = StreamPromptSource(train_stream, config.prompt_tokens, rng)
+        eos = tokenizer.convert_tokens_to_ids(data.EOS)
+        eval_prompts = document_prompts(heldout_stream, eos, num_eval, config.prompt_tokens)
+        source = f"{meta['train_files']} training files of {config.corpus} for prompts"
+    else:
+        train_files, heldout_files = data.split_files(data.python_files())
+        prompts = PromptSource(train_files, tokenizer, config.prompt_tokens, rng)
+        eval_prompts = heldout_prompts(tokenizer, num_eval, config.prompt_tokens)
+        heldout_stream = data.encode(tokenizer, data.read_texts(heldout_files))
+        source = f"{len(train_files)} training files for prompts"
     key = jax.random.key(config.seed)
     key, heldout_key = jax.random.split(key)
     heldout = (eval_prompts[: config.gen_batch], heldout_key)
     log(
         f"distilling {config.draft_model} towards {config.target_model}: {config.divergence} at "
-        f"T={config.temperature:g}, {len(train_files)} training files for prompts"
+        f"T={config.temperature:g}, {source}"
     )
     distilled, dist_report = distill(target, draft, prompts, heldout, key, config, log)
     rows = evaluate_speed(
         target, {"before": draft, "after": distilled}, eval_prompts[: config.eval_prompts], config, log
     )
     # Held-out language-modelling loss on the windows train_pair reports (the model cards' table).
-    heldout_stream = data.encode(tokenizer, data.read_texts(heldout_files))
     context = min(256, draft.max_positions)
     lm_loss = {
         name: heldout_loss(model, heldout_stream, context)
@@ -177,6 +190,7 @@ def distill_draft(config: DistillConfig, *, command: str, log: Callable[[str], N
         heldout_loss=lm_loss,
         eval=rows,
         device=str(jax.devices()[0]),
+        corpus=config.corpus,
     )
     _save(distilled, report, config)
     _record_in_training_summary(config.out_dir, lm_loss["after"], command)

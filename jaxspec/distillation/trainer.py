@@ -45,6 +45,8 @@ class DistillConfig:
       eval_prompts: held-out prompts of the evaluation.
       eval_temperatures: temperatures of the evaluation (0 = greedy).
       eval_K, eval_N: draft tokens per round and new tokens per evaluation call.
+      corpus: a saved corpus (`jaxspec.training.data.save_corpus`) whose tokens replace this interpreter's
+        standard library for the prompts and the held-out loss (for a host with another Python).
     """
 
     target_model: str
@@ -66,6 +68,7 @@ class DistillConfig:
     eval_temperatures: tuple[float, ...] = (0.6, 1.0)
     eval_K: int = 4
     eval_N: int = 64
+    corpus: str | None = None
 
 
 def distill(

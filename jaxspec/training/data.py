@@ -17,6 +17,7 @@ import sysconfig
 import numpy as np
 
 EOS = "<|endoftext|>"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
 def python_files(extra_dirs=()) -> list[str]:
@@ -76,3 +77,80 @@ def heldout_texts() -> list[str]:
     """The texts of the standard library's held-out files (what `train_pair` never trains on)."""
     _, heldout = split_files(python_files())
     return read_texts(heldout)
+
+
+def save_corpus(path: str, tokenizer_dir: str, files: list[str] | None = None) -> dict:
+    """Writes the corpus (`files`, default the standard library), tokenized by `tokenizer_dir`'s tokenizer, to `path`.
+
+    The file carries the train and held-out streams (uint16 when the vocabulary
+    fits), the held-out files' base names and the tokenizer's files, so a
+    machine with another interpreter (an accelerator host) trains and evaluates
+    on exactly these tokens (`load_corpus`) and can keep extra training text
+    clear of them. Returns the corpus's metadata.
+    """
+    from jaxspec.loading import load_tokenizer
+
+    tokenizer = load_tokenizer(tokenizer_dir)
+    tokenizer_files = {f: open(os.path.join(tokenizer_dir, f)).read() for f in TOKENIZER_FILES}
+    train_files, heldout_files = split_files(python_files() if files is None else files)
+    dtype = np.uint16 if len(tokenizer) <= np.iinfo(np.uint16).max + 1 else np.int32
+    train = encode(tokenizer, read_texts(train_files)).astype(dtype)
+    heldout = encode(tokenizer, read_texts(heldout_files)).astype(dtype)
+    names = np.asarray(sorted(os.path.basename(f) for f in heldout_files))
+    np.savez_compressed(
+        path,
+        train=train,
+        heldout=heldout,
+        heldout_names=names,
+        train_files=len(train_files),
+        **{"tokenizer/" + f: np.asarray(text) for f, text in tokenizer_files.items()},
+    )
+    return dict(
+        train_files=len(train_files),
+        heldout_files=len(heldout_files),
+        train_tokens=len(train),
+        heldout_tokens=len(heldout),
+    )
+
+
+def load_corpus(path: str, tokenizer_dir: str) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(train int32 [T], held-out int32 [H], metadata) from a `save_corpus` file.
+
+    The corpus's tokenizer files are written to `tokenizer_dir`.
+    """
+    os.makedirs(tokenizer_dir, exist_ok=True)
+    with np.load(path) as f:
+        for f_name in TOKENIZER_FILES:
+            with open(os.path.join(tokenizer_dir, f_name), "w") as fh:
+                fh.write(str(f["tokenizer/" + f_name]))
+        train, heldout = f["train"].astype(np.int32), f["heldout"].astype(np.int32)
+        meta = dict(
+            train_files=int(f["train_files"]),
+            heldout_files=len(f["heldout_names"]),
+            heldout_names=[str(n) for n in f["heldout_names"]],
+        )
+    return train, heldout, meta
+
+
+def extra_training_files(dirs, exclude_names, max_mb: float) -> list[str]:
+    """.py files under `dirs` for training only: none named like a held-out file, at most `max_mb` MB (0 = all).
+
+    Files whose base name matches a held-out file are dropped (vendored copies
+    of standard-library modules would leak held-out text). The cap keeps a
+    deterministic sample: files ordered by a hash of their path.
+    """
+    exclude = set(exclude_names)
+    files = [f for d in dirs for f in glob.glob(os.path.join(d, "**", "*.py"), recursive=True)]
+    files = sorted(
+        {f for f in files if os.path.basename(f) not in exclude}, key=lambda f: hashlib.sha1(f.encode()).hexdigest()
+    )
+    if max_mb <= 0:
+        return files
+    kept, total = [], 0
+    for f in files:
+        size = os.path.getsize(f)
+        if total + size > max_mb * 1e6:
+            continue
+        kept.append(f)
+        total += size
+    return kept

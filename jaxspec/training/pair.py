@@ -16,7 +16,9 @@ import os
 import shutil
 from collections.abc import Callable
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxspec.loading import load_model, load_tokenizer, save_model
 from jaxspec.training import data
@@ -44,6 +46,9 @@ class PairConfig:
       models: the models to (re)train; the others are kept from out_dir.
       target_init: a model folder the target continues from (None: random init).
       target_lr, draft_lr: peak learning rates.
+      corpus: a `data.save_corpus` file (tokens and tokenizer) used instead of this interpreter's standard
+        library, so an accelerator host trains on the same tokens; extra_dirs then add training text only.
+      extra_max_mb: with `corpus`, at most this many MB of extra_dirs' source (0 = all).
     """
 
     out_dir: str = "checkpoints"
@@ -62,6 +67,8 @@ class PairConfig:
     target_init: str | None = None
     target_lr: float = 3e-3
     draft_lr: float = 3e-3
+    corpus: str | None = None
+    extra_max_mb: float = 0
 
     @property
     def selected(self) -> list[str]:
@@ -82,12 +89,19 @@ def check_config(config: PairConfig) -> None:
                 f"--models={','.join(config.selected)} keeps {', '.join(kept)}, but {out} lacks "
                 f"{', '.join(missing) or 'training_summary.json'}; train all models first"
             )
+    if config.corpus and not os.path.exists(config.corpus):
+        raise ValueError(
+            f"--corpus={config.corpus} does not exist; write it with --save_corpus on the machine "
+            "whose standard library is the corpus"
+        )
     if config.target_init and _TARGET not in config.selected:
         raise ValueError(f"--target_init={config.target_init} needs {_TARGET} in --models")
 
 
 def model_card(name: str, config, report: TrainReport, corpus: dict, command: str, losses: dict) -> str:
     """The README.md of a trained model folder: what it is, how it was trained, the pair's held-out losses."""
+    stdlib_tokens = corpus.get("stdlib_train_tokens", corpus["train_tokens"])
+    device = corpus.get("device", "2 CPU cores")
     lines = [
         f"# {name}",
         "",
@@ -96,10 +110,16 @@ def model_card(name: str, config, report: TrainReport, corpus: dict, command: st
         "`experiments/train_pair.py` on Python source code. Weights stored as float16.",
         "",
         f"- Training command: `{command}`",
-        f"- Data: {corpus['train_files']} standard-library .py files ({corpus['train_tokens']:,} tokens) for training, "
-        f"{corpus['heldout_files']} held-out files ({corpus['heldout_tokens']:,} tokens), split by path hash.",
+        f"- Data: {corpus['train_files']} standard-library .py files ({stdlib_tokens:,} tokens) for "
+        f"training, {corpus['heldout_files']} held-out files ({corpus['heldout_tokens']:,} tokens), split by path hash."
+        + (
+            f" Plus {corpus['extra_files']} .py files of installed packages ({corpus['extra_tokens']:,} tokens; none "
+            "named like a held-out file) for training only."
+            if corpus.get("extra_files")
+            else ""
+        ),
         f"- Steps: {report.steps} x {corpus['batch_size']} x {corpus['context']} tokens = {report.tokens:,} tokens "
-        f"in {report.seconds / 60:.1f} min ({report.tokens_per_second:,.0f} tokens/s on 2 CPU cores).",
+        f"in {report.seconds / 60:.1f} min ({report.tokens_per_second:,.0f} tokens/s on {device}).",
         f"- Held-out loss: **{report.heldout_loss:.3f} nats/token**; final train loss {report.train_loss:.3f}.",
     ]
     for earlier in report.continued_from:
@@ -130,6 +150,27 @@ def _tokenizer(config: PairConfig, train_texts: list[str], tok_dir: str):
     return load_tokenizer(tok_dir)
 
 
+def _device_name() -> str:
+    """The training device in words: the accelerator's kind, or the CPU core count."""
+    device = jax.devices()[0]
+    return f"{len(os.sched_getaffinity(0))} CPU cores" if device.platform == "cpu" else device.device_kind
+
+
+def _saved_corpus(config: PairConfig, tok_dir: str, log: Callable[[str], None]):
+    """(tokenizer, train stream, held-out stream, corpus metadata) from config.corpus plus its extra_dirs."""
+    train_stream, heldout_stream, meta = data.load_corpus(config.corpus, tok_dir)
+    tokenizer = load_tokenizer(tok_dir)
+    corpus = dict(train_files=meta["train_files"], heldout_files=meta["heldout_files"])
+    log(f"corpus: {config.corpus} ({meta['train_files']} train files, {meta['heldout_files']} held-out files)")
+    if config.extra_dirs:
+        files = data.extra_training_files(config.extra_dirs, meta["heldout_names"], config.extra_max_mb)
+        extra = data.encode(tokenizer, data.read_texts(files))
+        log(f"extra training text: {len(files)} files under {', '.join(config.extra_dirs)}, {len(extra):,} tokens")
+        train_stream = np.concatenate([train_stream, extra])
+        corpus.update(extra_files=len(files), extra_tokens=len(extra))
+    return tokenizer, train_stream, heldout_stream, corpus
+
+
 def _continued_from(folder: str, log: Callable[[str], None]) -> tuple:
     """The runs that made `folder`'s model, as train_pair recorded them beside the folder."""
     summary = os.path.join(os.path.dirname(os.path.abspath(folder)), "training_summary.json")
@@ -155,12 +196,6 @@ def train_pair(config: PairConfig, *, command: str, log: Callable[[str], None]) 
     check_config(config)
     out = config.out_dir
     os.makedirs(out, exist_ok=True)
-    files = data.python_files(config.extra_dirs)
-    if config.max_files:
-        files = files[: config.max_files]
-    train_files, heldout_files = data.split_files(files)
-    log(f"corpus: {len(train_files)} train files, {len(heldout_files)} held-out files")
-    train_texts = data.read_texts(train_files)
     tok_dir = os.path.join(out, "_tokenizer")
     selected, kept = config.selected, config.kept
     summary_path = os.path.join(out, "training_summary.json")
@@ -168,18 +203,28 @@ def train_pair(config: PairConfig, *, command: str, log: Callable[[str], None]) 
     if os.path.exists(summary_path):
         with open(summary_path) as fh:
             previous = json.load(fh)
-    tokenizer = _tokenizer(config, train_texts, tok_dir)
+    if config.corpus:
+        tokenizer, train_stream, heldout_stream, corpus = _saved_corpus(config, tok_dir, log)
+    else:
+        files = data.python_files(config.extra_dirs)
+        if config.max_files:
+            files = files[: config.max_files]
+        train_files, heldout_files = data.split_files(files)
+        log(f"corpus: {len(train_files)} train files, {len(heldout_files)} held-out files")
+        train_texts = data.read_texts(train_files)
+        tokenizer = _tokenizer(config, train_texts, tok_dir)
+        train_stream = data.encode(tokenizer, train_texts)
+        heldout_stream = data.encode(tokenizer, data.read_texts(heldout_files))
+        corpus = dict(train_files=len(train_files), heldout_files=len(heldout_files))
     eos = tokenizer.convert_tokens_to_ids(data.EOS)
-    train_stream = data.encode(tokenizer, train_texts)
-    heldout_stream = data.encode(tokenizer, data.read_texts(heldout_files))
     log(f"tokenizer: vocab {len(tokenizer)}; {len(train_stream):,} train tokens, {len(heldout_stream):,} held-out")
-    corpus = dict(
-        train_files=len(train_files),
-        heldout_files=len(heldout_files),
+    corpus.update(
         train_tokens=len(train_stream),
+        stdlib_train_tokens=len(train_stream) - corpus.get("extra_tokens", 0),
         heldout_tokens=len(heldout_stream),
         batch_size=config.batch_size,
         context=config.context,
+        device=_device_name(),
     )
     shape = lambda layers, width, heads: dict(layers=layers, width=width, heads=heads)
     common = dict(vocab_size=len(tokenizer), context=config.context, eos=eos)
@@ -217,9 +262,11 @@ def train_pair(config: PairConfig, *, command: str, log: Callable[[str], None]) 
         log(f"{name}: held-out loss {reports[name].heldout_loss:.3f} nats/token")
     commands = {name: command for name in selected}
     configs = {name: models[name].config for name in selected}
+    corpora = {name: corpus for name in selected}
     for name in kept:
         entry = dict(previous["models"][name])
         commands[name] = entry.pop("command", previous.get("command", ""))
+        corpora[name] = entry.pop("data", previous.get("data", corpus))
         configs[name] = load_model(os.path.join(out, name)).config
         entry.pop("config", None)
         reports[name] = TrainReport(**entry)
@@ -231,7 +278,7 @@ def train_pair(config: PairConfig, *, command: str, log: Callable[[str], None]) 
             for f in os.listdir(tok_dir):
                 shutil.copy(os.path.join(tok_dir, f), folder)
         with open(os.path.join(folder, "README.md"), "w") as fh:
-            fh.write(model_card(name, configs[name], reports[name], corpus, commands[name], losses))
+            fh.write(model_card(name, configs[name], reports[name], corpora[name], commands[name], losses))
         if name not in selected:
             continue
         # Check the folder round-trips as the stored fp16 weights.
@@ -242,7 +289,8 @@ def train_pair(config: PairConfig, *, command: str, log: Callable[[str], None]) 
         )
     shutil.rmtree(tok_dir)
     summary = {
-        name: dict(vars(reports[name]), config=configs[name].hf_config, command=commands[name]) for name in MODEL_NAMES
+        name: dict(vars(reports[name]), config=configs[name].hf_config, command=commands[name], data=corpora[name])
+        for name in MODEL_NAMES
     }
     # Entries other tools added (a distilled draft, a longer-trained target) are kept as they were.
     summary.update({name: entry for name, entry in previous.get("models", {}).items() if name not in summary})
