@@ -183,6 +183,31 @@ def test_block_verification_matches_exact_target_law(k):
 
 
 @pytest.mark.parametrize("verify", ["tokenwise", "block"])
+def test_dynamic_draft_length_matches_exact_target_law(verify):
+    """min_draft_confidence: rows stop drafting on the draft's own confidence (K = 3 at most).
+
+    The threshold 0.25 is chosen so that rows stop at every length (checked: the
+    drafted count per round lies strictly between 1 and K). Skipped draft steps
+    (every row stopped) are tested at batch 1 in test_dynamic_length.py.
+    """
+    target, draft = _pair()
+    law = _sequence_law(target, SamplingConfig())
+    out = speculative_sample(
+        target,
+        draft,
+        np.tile(PROMPT, (ROWS, 1)),
+        key=jax.random.key(13),
+        max_new_tokens=NUM_TOKENS,
+        num_draft_tokens=3,
+        verify=verify,
+        min_draft_confidence=0.25,
+    )
+    _check(out.tokens, law, _sequence_law(draft, SamplingConfig()), f"dynamic length {verify}")
+    drafted_per_round = float(np.sum(out.num_drafted) / np.sum(out.num_rounds))
+    assert 1.2 < drafted_per_round < 2.8, drafted_per_round
+
+
+@pytest.mark.parametrize("verify", ["tokenwise", "block"])
 def test_ngram_drafter_matches_exact_target_law(verify):
     """Prompt lookup proposes deterministically (one-hot q); the law stays exact.
     With vocabulary 8 and a 3-token prompt most rounds find a match, so both the

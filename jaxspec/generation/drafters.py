@@ -65,6 +65,24 @@ class Drafter(Protocol):
     ) -> Any: ...
 
 
+def confident_length(q_BxKxV: jax.Array, min_confidence: jax.Array) -> jax.Array:
+    """int32 [B]: drafts a row keeps under the confidence rule of dynamic draft length.
+
+    A row always keeps its first draft and stops before draft i (i >= 1) once
+    the draft's largest probability max_v q_i(v) falls below `min_confidence`:
+    1 + the number of leading positions i in 1..K-1 at or above it. The rule
+    reads only the draft's own distributions, so verification stays exact
+    (`jaxspec.sampling.accept`, dynamic draft length); a skipped draft step's
+    q is all zeros and counts as below.
+
+    >>> q = jnp.array([[[0.9, 0.1], [0.6, 0.4], [0.95, 0.05]], [[0.5, 0.5], [0.9, 0.1], [0.9, 0.1]]])
+    >>> confident_length(q, 0.7).tolist()
+    [1, 3]
+    """
+    confident_BxKm1 = jnp.max(q_BxKxV[:, 1:], axis=-1) >= min_confidence
+    return 1 + jnp.sum(jnp.cumprod(confident_BxKm1.astype(jnp.int32), axis=1), axis=1)
+
+
 def _padding_multiple(small: int, large: int) -> bool:
     """True if `large` is `small` rounded up to a multiple of a power of two <= 128."""
     return any(large == -(-small // m) * m for m in (8, 16, 32, 64, 128))
@@ -106,6 +124,10 @@ class ModelDrafter:
         turns the last two into per-row arrays.
       shared_vocab_size: ids both models sample over, when they differ only by
         padding rows (None: decided by `shared_vocabulary`).
+      stop_below: optional float32 scalar, dynamic draft length: once every
+        row's draft confidence fell below it (`confident_length`), the
+        remaining draft steps of the round are skipped (`lax.cond`). The
+        loop sets it from `speculative_sample(min_draft_confidence=...)`.
 
     State: the draft's `KVCache`. Cache invariant at the start of a round, for
     a row with L valid tokens: it holds tokens[0 : D] with D in {L-2, L-1}.
@@ -121,6 +143,7 @@ class ModelDrafter:
     sampling: SamplingParams | SamplingConfig | None = None
     shared_vocab_size: int | None = flax.struct.field(pytree_node=False, default=None)
     vocab_size: int | None = flax.struct.field(pytree_node=False, default=None)
+    stop_below: jax.Array | None = None
 
     def vocab_size_for(self, target: Model) -> int:
         return shared_vocabulary(target, self.model, self.shared_vocab_size)
@@ -147,14 +170,23 @@ class ModelDrafter:
         q_BxV = processed_probs(logits_BxV, self.sampling)
         token_B = sample_from_probs(keys[0], q_BxV)
 
-        def step(carry, step_key):
-            cache, token_B = carry
+        def draft_step(cache, token_B, step_key):
             logits_Bx1xV, cache = self.model(token_B[:, None], cache)
             q_BxV = processed_probs(logits_Bx1xV[:, 0, :vocab], self.sampling)
-            next_B = sample_from_probs(step_key, q_BxV)
-            return (cache, next_B), (next_B, q_BxV)
+            return cache, sample_from_probs(step_key, q_BxV), q_BxV
 
-        (cache, _), (rest_tokens, rest_q) = jax.lax.scan(step, (cache, token_B), keys[1:])
+        def step(carry, step_key):
+            cache, token_B, live_B = carry
+            if self.stop_below is None:
+                cache, next_B, q_BxV = draft_step(cache, token_B, step_key)
+            else:  # every row stopped: skip the step; its outputs lie past each row's length and are ignored
+                skipped = lambda cache, token_B, _: (cache, token_B, jnp.zeros((token_B.shape[0], vocab), jnp.float32))
+                cache, next_B, q_BxV = jax.lax.cond(jnp.any(live_B), draft_step, skipped, cache, token_B, step_key)
+                live_B = live_B & (jnp.max(q_BxV, axis=-1) >= self.stop_below)
+            return (cache, next_B, live_B), (next_B, q_BxV)
+
+        live_B = jnp.ones(token_B.shape, bool)
+        (cache, _, _), (rest_tokens, rest_q) = jax.lax.scan(step, (cache, token_B, live_B), keys[1:])
         tokens_BxK = jnp.concatenate([token_B[:, None], jnp.moveaxis(rest_tokens, 0, 1)], axis=1)
         q_BxKxV = jnp.concatenate([q_BxV[:, None], jnp.moveaxis(rest_q, 0, 1)], axis=1)
         return tokens_BxK, q_BxKxV, cache

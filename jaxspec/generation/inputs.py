@@ -145,6 +145,17 @@ def check_prompt(prompt_ids: Any, vocab_size: int | None, max_length: int | None
     return tuple(int(token) for token in prompt_ids)
 
 
+def check_probability(name: str, value: Any) -> jnp.ndarray:
+    """float32 scalar `value`, after checking it is a finite number in [0, 1] (ValueError naming it otherwise)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}.") from None
+    if not 0.0 <= number <= 1.0:  # NaN fails too
+        raise ValueError(f"{name} must be in [0, 1], got {value!r}; 0 never stops early, 1 stops unless certain.")
+    return jnp.float32(number)
+
+
 def check_positive_int(name: str, value: Any) -> int:
     if not is_integer(value) or value < 1:
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")

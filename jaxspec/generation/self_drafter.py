@@ -114,6 +114,7 @@ class SelfDrafter:
     layers: tuple[int, ...] = flax.struct.field(pytree_node=False, default=(0,))
     sampling: SamplingParams | SamplingConfig | None = None
     vocab_size: int | None = flax.struct.field(pytree_node=False, default=None)
+    stop_below: jax.Array | None = None  # dynamic draft length, as `ModelDrafter.stop_below`
 
     @classmethod
     def first_layers(cls, target: Model, num_layers: int, sampling=None) -> SelfDrafter:
@@ -131,7 +132,10 @@ class SelfDrafter:
 
     def _drafter(self) -> ModelDrafter:
         return ModelDrafter(
-            model=truncated_model(self.target, self.layers), sampling=self.sampling, vocab_size=self.vocab_size
+            model=truncated_model(self.target, self.layers),
+            sampling=self.sampling,
+            vocab_size=self.vocab_size,
+            stop_below=self.stop_below,
         )
 
     def vocab_size_for(self, target: Model) -> int:

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxspec.generation.drafters import Drafter, ModelDrafter, shared_vocabulary
+from jaxspec.generation.drafters import Drafter, ModelDrafter, confident_length, shared_vocabulary
 from jaxspec.generation.emit import (
     Sequences,
     emit,
@@ -41,7 +41,14 @@ from jaxspec.generation.emit import (
     stop_at_first_invalid,
     target_lengths_after,
 )
-from jaxspec.generation.inputs import check_context, check_eos, check_positive_int, prepare_prompts, row_settings
+from jaxspec.generation.inputs import (
+    check_context,
+    check_eos,
+    check_positive_int,
+    check_probability,
+    prepare_prompts,
+    row_settings,
+)
 from jaxspec.generation.self_drafter import SelfDrafter
 from jaxspec.generation.verify import prefill, score_drafts
 from jaxspec.models.cache import KVCache
@@ -131,6 +138,7 @@ class _Spec:
     eos_token_id: int | None
     pad_token_id: int
     vocab_size: int
+    dynamic_length: bool = False
 
 
 @flax.struct.dataclass
@@ -147,7 +155,14 @@ class _State:
 
 @functools.partial(jax.jit, static_argnames=("spec",))
 def _generate(
-    target: Model, drafter: Drafter, prompt_ids_BxT, prompt_lengths_B, key, target_sampling: SamplingParams, spec: _Spec
+    target: Model,
+    drafter: Drafter,
+    prompt_ids_BxT,
+    prompt_lengths_B,
+    key,
+    target_sampling: SamplingParams,
+    min_confidence,
+    spec: _Spec,
 ):
     batch, width = prompt_ids_BxT.shape
     k = spec.num_draft_tokens
@@ -175,8 +190,9 @@ def _generate(
         p_BxK1xV, logits_BxK1xV, target_cache = score_drafts(
             target, state.target_cache, seqs, drafts_BxK, target_sampling, spec.vocab_size
         )
-        # 3. Accept (sampling/accept.py).
-        verdict = accept.verification_rule(spec.verify)(verify_key, drafts_BxK, q_BxKxV, p_BxK1xV)
+        # 3. Accept (sampling/accept.py); with dynamic length, past each row's own number of drafts.
+        num_drafts_B = confident_length(q_BxKxV, min_confidence) if spec.dynamic_length else None
+        verdict = accept.verification_rule(spec.verify)(verify_key, drafts_BxK, q_BxKxV, p_BxK1xV, num_drafts_B)
         n_B = verdict.num_accepted
         # The round used p_0..p_n. If one of them had no distribution (see
         # valid_rows), keep only the drafts accepted before it and stop the row.
@@ -203,7 +219,7 @@ def _generate(
             draft_state=drafter.commit(draft_state, seqs.lengths, new_seqs.lengths, active_B, k),
             key=key,
             num_rounds=state.num_rounds + active_B,
-            num_drafted=state.num_drafted + active_B * k,
+            num_drafted=state.num_drafted + active_B * (k if num_drafts_B is None else num_drafts_B),
             num_accepted=state.num_accepted + jnp.where(active_B, n_B, 0),
             # A round stopped by invalid target logits ended with neither a rejection nor a bonus: not counted.
             round_histogram=state.round_histogram
@@ -243,6 +259,7 @@ def speculative_sample(
     draft_top_k: int | None = None,
     draft_top_p: float | None = None,
     shared_vocab_size: int | None = None,
+    min_draft_confidence: float | None = None,
 ) -> SpeculativeResult:
     """Speculative sampling whose output distribution is exactly the target's.
 
@@ -297,6 +314,14 @@ def speculative_sample(
         top-k, and no top-p (`draft_settings`).
       shared_vocab_size: ids both models sample over, when their vocab sizes
         differ only by padding rows.
+      min_draft_confidence: dynamic draft length. None (default): every round
+        drafts K tokens. A number in [0, 1]: each row stops drafting before
+        draft i >= 1 once the draft's largest probability for it is below
+        this (`drafters.confident_length`), and a model draft skips its
+        remaining steps once every row stopped. Verification treats the stop
+        as a draft of a token the target never emits, so the output law is
+        unchanged (`jaxspec.sampling.accept`); K is the upper bound. The
+        value is traced: any threshold runs on the same compiled program.
 
     Returns:
       A `SpeculativeResult` (tokens, lengths, provenance and per-row counts).
@@ -305,7 +330,7 @@ def speculative_sample(
       ValueError: before any compute, for K < 1, N < 1, a bad temperature (< 0,
         not finite, or below float32's smallest normal 1.18e-38 but not 0),
         top_k < 0, top_p outside (0, 1], settings arrays of the wrong shape, an
-        unknown `verify`, a vocabulary mismatch, prompt ids or pad_token_id
+        unknown `verify`, min_draft_confidence outside [0, 1], a vocabulary mismatch, prompt ids or pad_token_id
         outside the vocabulary, or prompt + N + K - 1 beyond either model's
         context.
     """
@@ -334,6 +359,11 @@ def speculative_sample(
                 )
             drafter = drafter.replace(sampling=sampling)
     drafter = drafter.replace(vocab_size=vocab)
+    min_confidence = None
+    if min_draft_confidence is not None:
+        min_confidence = check_probability("min_draft_confidence", min_draft_confidence)
+        if isinstance(drafter, (ModelDrafter, SelfDrafter)):
+            drafter = drafter.replace(stop_below=min_confidence)
     needed = prompts.max_length + n + k - 1
     detail = "longest prompt + max_new_tokens + num_draft_tokens - 1"
     check_context(target, "target", needed, detail)
@@ -345,9 +375,17 @@ def speculative_sample(
         eos_token_id=check_eos(eos_token_id, vocab),
         pad_token_id=int(pad_token_id),
         vocab_size=vocab,
+        dynamic_length=min_confidence is not None,
     )
     return _generate(
-        target, drafter, jnp.asarray(prompts.ids), jnp.asarray(prompts.lengths), key, target_sampling, spec
+        target,
+        drafter,
+        jnp.asarray(prompts.ids),
+        jnp.asarray(prompts.lengths),
+        key,
+        target_sampling,
+        min_confidence,
+        spec,
     )
 
 

@@ -33,6 +33,19 @@ keeps at least as many drafts in expectation over the drafts, and Sun et al.
 prove it optimal in that sense among all valid verifiers. For one fixed block
 of drafts it can keep fewer: the gain holds only in expectation.
 
+Dynamic draft length: both kernels take an optional `num_drafts` [B], the
+drafts each row actually proposed (1 <= num_drafts <= K; drafts past it are
+ignored). A row that stops after m drafts is treated as a draft that proposed,
+at position m and after, a virtual STOP token outside the vocabulary with
+probability 1: q_i = one-hot(STOP) for i >= m, and p_i(STOP) = 0. That is an
+ordinary autoregressive draft (its next-token law is a function of the prefix,
+however the stopping rule decided), so both rules stay exact by their own
+theorems, and no special case is needed: STOP is rejected surely (ratio 0,
+weight 0 from then on), the residual max(0, w p_m - 0) is p_m itself (the bonus
+token of a chain of m), and for block verification h_m = Z_m / (Z_m + 1 - w_m)
+= w_m, the rule's last test for a chain of m. The kernels apply this as masks
+(p_i(x_i) -> 0, q_i(x_i) -> 1, q_i -> 0 over the real vocabulary for i >= m).
+
 Both p and q must be the *processed* distributions (`processing.processed_probs`)
 and q must be exactly the array each draft token was drawn from: a greedy draft
 has a one-hot q, not its softmax. Greedy verification falls out of both
@@ -159,11 +172,36 @@ def _checked_arrays(draft_tokens, draft_probs, target_probs) -> tuple[jax.Array,
     return draft_tokens.astype(jnp.int32), draft_probs, target_probs
 
 
+def _live_drafts(num_drafts, batch: int, k: int) -> jax.Array | None:
+    """bool [B, K]: position i < num_drafts[b] (None when every row proposed all K)."""
+    if num_drafts is None:
+        return None
+    num_drafts_B = jnp.broadcast_to(jnp.asarray(num_drafts, jnp.int32), (batch,))
+    return jax.lax.broadcasted_iota(jnp.int32, (batch, k), 1) < num_drafts_B[:, None]
+
+
+def _draft_and_target_at_drafts(draft_tokens, draft_probs, target_probs, live_BxK):
+    """(q [B, K, V], p_i(x_i) [B, K], q_i(x_i) [B, K]) with positions past a row's num_drafts
+    turned into the virtual STOP draft (module docstring): q_i -> 0 over the vocabulary,
+    p_i(x_i) -> 0, q_i(x_i) -> 1."""
+    k = draft_tokens.shape[1]
+    p_x_BxK = _probs_at(target_probs[:, :k], draft_tokens)
+    q_x_BxK = _probs_at(draft_probs, draft_tokens)
+    if live_BxK is None:
+        return draft_probs, p_x_BxK, q_x_BxK
+    return (
+        jnp.where(live_BxK[:, :, None], draft_probs, 0.0),
+        jnp.where(live_BxK, p_x_BxK, 0.0),
+        jnp.where(live_BxK, q_x_BxK, 1.0),
+    )
+
+
 def verify_tokenwise(
     key: jax.Array,
     draft_tokens: jax.Array,
     draft_probs: jax.Array,
     target_probs: jax.Array,
+    num_drafts: jax.Array | None = None,
 ) -> VerifyResult:
     """Token-wise speculative verification of K draft tokens for B rows at once.
 
@@ -183,6 +221,8 @@ def verify_tokenwise(
       draft_probs: float32 [B, K, V]; q_i, exactly what x_i was drawn from.
       target_probs: float32 [B, K + 1, V]; p_i, the processed target
         distribution for draft position i (p[:, K] is for the bonus token).
+      num_drafts: optional int [B] in [1, K]: drafts each row proposed (dynamic
+        draft length, module docstring); None means K for every row.
 
     Returns:
       A `VerifyResult` of int32 [B] arrays. With context-free or causally
@@ -196,8 +236,9 @@ def verify_tokenwise(
     # Accept x_i with probability min(1, p_i(x_i) / q_i(x_i)); a q_i(x_i) == 0
     # token is accepted iff p_i(x_i) > 0. The test resolves ratios far below
     # float32's uniform grid (`draws.bernoulli`): a ratio of 1e-9 is not 0.
-    p_x_BxK = _probs_at(target_probs[:, :k], draft_tokens)
-    q_x_BxK = _probs_at(draft_probs, draft_tokens)
+    draft_probs, p_x_BxK, q_x_BxK = _draft_and_target_at_drafts(
+        draft_tokens, draft_probs, target_probs, _live_drafts(num_drafts, b, k)
+    )
     accept_BxK = draws.bernoulli(key_accept, _ratio(p_x_BxK, q_x_BxK))
     # Leading accepts: the cumulative product is 1 up to the first rejection.
     num_accepted_B = jnp.sum(jnp.cumprod(accept_BxK.astype(jnp.int32), axis=1), axis=1)
@@ -243,7 +284,7 @@ def _running_weights(p_x_BxK: jax.Array, q_x_BxK: jax.Array) -> jax.Array:
     return w_KxB.T
 
 
-def _block_weights(draft_tokens, draft_probs, target_probs) -> tuple[jax.Array, jax.Array]:
+def _block_weights(draft_tokens, draft_probs, target_probs, live_BxK=None) -> tuple[jax.Array, jax.Array]:
     """Running weights w_1..w_K and stop probabilities h_1..h_K, float32 [B, K] each.
 
     h_n = Z_n / (Z_n + 1 - w_n) for n < K, with Z_n the mass of
@@ -259,8 +300,7 @@ def _block_weights(draft_tokens, draft_probs, target_probs) -> tuple[jax.Array, 
     draft_probs = jnp.asarray(draft_probs, jnp.float32)
     target_probs = jnp.asarray(target_probs, jnp.float32)
     k = draft_tokens.shape[1]
-    p_x_BxK = _probs_at(target_probs[:, :k], draft_tokens)
-    q_x_BxK = _probs_at(draft_probs, draft_tokens)
+    draft_probs, p_x_BxK, q_x_BxK = _draft_and_target_at_drafts(draft_tokens, draft_probs, target_probs, live_BxK)
     w_BxK = _running_weights(p_x_BxK, q_x_BxK)
     # Z_n for n = 1..K-1 uses p_n, q_n: the distributions after the first n drafts.
     residual_BxKm1xV = jnp.maximum(w_BxK[:, :-1, None] * target_probs[:, 1:k] - draft_probs[:, 1:], 0.0)
@@ -275,6 +315,7 @@ def verify_block(
     draft_tokens: jax.Array,
     draft_probs: jax.Array,
     target_probs: jax.Array,
+    num_drafts: jax.Array | None = None,
 ) -> VerifyResult:
     """Block verification (Sun et al. 2024, Algorithm 2) of K draft tokens for B rows.
 
@@ -293,6 +334,8 @@ def verify_block(
       draft_probs: float32 [B, K, V]; q_i, exactly what x_i was drawn from.
       target_probs: float32 [B, K + 1, V]; p_i, the processed target
         distribution for draft position i (p[:, K] is for the bonus token).
+      num_drafts: optional int [B] in [1, K]: drafts each row proposed (dynamic
+        draft length, module docstring); None means K for every row.
 
     Returns:
       A `VerifyResult` of int32 [B] arrays: num_accepted n, the largest index
@@ -306,11 +349,12 @@ def verify_block(
     b, k = draft_tokens.shape
     key_stop, key_next = jax.random.split(key)
 
-    w_BxK, h_BxK = _block_weights(draft_tokens, draft_probs, target_probs)
+    live_BxK = _live_drafts(num_drafts, b, k)
+    w_BxK, h_BxK = _block_weights(draft_tokens, draft_probs, target_probs, live_BxK)
+    draft_probs, p_x_BxK, q_x_BxK = _draft_and_target_at_drafts(draft_tokens, draft_probs, target_probs, live_BxK)
     # w_{n} for n = 0..K, with w_0 = 1 exactly (so 1.0 * p below is p, bit for bit).
     w_BxK1 = jnp.concatenate([jnp.ones((b, 1), jnp.float32), w_BxK], axis=1)
-    p_last_B = _probs_at(target_probs[:, k - 1], draft_tokens[:, k - 1])
-    q_last_B = _probs_at(draft_probs[:, k - 1], draft_tokens[:, k - 1])
+    p_last_B, q_last_B = p_x_BxK[:, k - 1], q_x_BxK[:, k - 1]
     # The test at n = K has probability min(1, w_{K-1} p / q) = w_K, written
     # as token-wise's min(1, p / q) test (w_0 = 1 exactly) so that K = 1 matches it.
     last_ratio_B = _ratio(w_BxK1[:, k - 1] * p_last_B, q_last_B)
