@@ -11,6 +11,13 @@ GOLDEN_MODELS = ("gpt2_tiny", "opt_tiny", "opt_350m_style", "opt_proj_preln")
 LLAMA_GOLDEN_MODELS = ("llama_gqa", "llama_mha_linear", "llama3_rope", "qwen2_tiny", "mistral_tiny")
 
 
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto` (pyproject's addopts): one worker per core, at most 4 (each worker holds its own
+    compiled programs, ~1-2 GB on the large-vocabulary tests)."""
+    del config
+    return max(1, min(4, len(os.sched_getaffinity(0))))
+
+
 def fixture_path(name: str) -> str:
     return os.path.join(FIXTURES, name)
 

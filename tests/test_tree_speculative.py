@@ -118,3 +118,23 @@ def test_bad_arguments_are_refused():
         tree_speculative_sample(target, NgramDrafter(), PROMPTS, **kwargs)
     with pytest.raises(ValueError, match="context"):
         tree_speculative_sample(target, draft, PROMPTS, branching=(4, 4, 4), max_new_tokens=4, key=jax.random.key(0))
+
+
+def test_speculative_sample_tree_argument_is_the_tree_loop():
+    """speculative_sample(tree=...) runs tree_speculative_sample; chain-only arguments that disagree are refused."""
+    from jaxspec import speculative_sample, tree_speculative_sample
+    from jaxspec.testing import random_model, tiny_config
+
+    target = random_model(tiny_config("gpt2", vocab_size=32), seed=0, scale=4.0)
+    draft = random_model(tiny_config("opt", vocab_size=32), seed=1, scale=4.0)
+    kwargs = dict(key=jax.random.key(2), max_new_tokens=6, temperature=0.0)
+    via_arg = speculative_sample(target, draft, [[1, 2, 3]], tree=(2, 1), verify="recursive", **kwargs)
+    direct = tree_speculative_sample(target, draft, [[1, 2, 3]], branching=(2, 1), verify="recursive", **kwargs)
+    np.testing.assert_array_equal(via_arg.tokens, direct.tokens)
+    np.testing.assert_array_equal(via_arg.num_rounds, direct.num_rounds)
+    with pytest.raises(ValueError, match=r"num_draft_tokens=3 disagrees with tree=\(2, 1\)"):
+        speculative_sample(target, draft, [[1]], tree=(2, 1), num_draft_tokens=3, **kwargs)
+    with pytest.raises(ValueError, match="verify='block' is not a tree rule"):
+        speculative_sample(target, draft, [[1]], tree=(2, 1), verify="block", **kwargs)
+    with pytest.raises(ValueError, match="tree=\\(2, 0\\) must be"):
+        speculative_sample(target, draft, [[1]], tree=(2, 0), **kwargs)

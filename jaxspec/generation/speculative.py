@@ -46,6 +46,7 @@ from jaxspec.generation.inputs import (
     check_eos,
     check_positive_int,
     check_probability,
+    is_integer,
     prepare_prompts,
     row_settings,
 )
@@ -247,19 +248,20 @@ def speculative_sample(
     *,
     key: jax.Array,
     max_new_tokens: int,
-    num_draft_tokens: int = 4,
+    num_draft_tokens: int | None = None,
     temperature: float = 1.0,
     top_k: int = 0,
     top_p: float = 1.0,
     eos_token_id: int | None = None,
     prompt_lengths: Any = None,
     pad_token_id: int = 0,
-    verify: str = "tokenwise",
+    verify: str | None = None,
     draft_temperature: float | None = None,
     draft_top_k: int | None = None,
     draft_top_p: float | None = None,
     shared_vocab_size: int | None = None,
     min_draft_confidence: float | None = None,
+    tree: tuple[int, ...] | None = None,
 ) -> SpeculativeResult:
     """Speculative sampling whose output distribution is exactly the target's.
 
@@ -296,7 +298,8 @@ def speculative_sample(
       prompt_ids: int [B, T] right-padded ids, or a list of B id lists.
       key: a PRNG key.
       max_new_tokens: N >= 1 tokens to generate per row.
-      num_draft_tokens: K >= 1 draft tokens per round.
+      num_draft_tokens: K >= 1 draft tokens per round (default 4; with `tree`,
+        its depth D, and another value is refused).
       temperature, top_k, top_p: target sampling settings (temperature 0 =
         greedy), each a number or an array of shape [B] (one per row). They
         are traced: any new value, and any mix of greedy and sampled rows,
@@ -305,10 +308,11 @@ def speculative_sample(
       prompt_lengths: int [B] real lengths of right-padded `prompt_ids`.
       pad_token_id: fills ragged prompts and `tokens` after each row's end;
         must be an id of the vocabulary (it is fed to the models).
-      verify: "tokenwise" (Leviathan et al.: accept each draft with
-        min(1, p/q), stop at the first rejection) or "block" (Sun et al. 2024:
-        decides the K drafts jointly; never fewer accepted tokens in
-        expectation, equally exact, same cost).
+      verify: "tokenwise" (the default for a chain; Leviathan et al.: accept
+        each draft with min(1, p/q), stop at the first rejection) or "block"
+        (Sun et al. 2024: decides the K drafts jointly; never fewer accepted
+        tokens in expectation, equally exact, same cost); with `tree`,
+        "traversal" (the default) or "recursive".
       draft_temperature, draft_top_k, draft_top_p: optional settings of a draft
         `Model`, numbers or [B] arrays. Default: the target's temperature and
         top-k, and no top-p (`draft_settings`).
@@ -322,6 +326,10 @@ def speculative_sample(
         as a draft of a token the target never emits, so the output law is
         unchanged (`jaxspec.sampling.accept`); K is the upper bound. The
         value is traced: any threshold runs on the same compiled program.
+      tree: (b_1, ..., b_D) drafts a token tree instead of a chain (every node
+        at depth d - 1 gets b_d children) and verifies all of it in one
+        target pass: `tree_speculative_sample` with branching=tree, verify
+        "traversal" or "recursive" (default "traversal"). None: a chain.
 
     Returns:
       A `SpeculativeResult` (tokens, lengths, provenance and per-row counts).
@@ -334,7 +342,30 @@ def speculative_sample(
         outside the vocabulary, or prompt + N + K - 1 beyond either model's
         context.
     """
-    k = check_positive_int("num_draft_tokens", num_draft_tokens)
+    if tree is not None:
+        return _tree_call(
+            target,
+            draft,
+            prompt_ids,
+            tree,
+            num_draft_tokens,
+            verify,
+            min_draft_confidence,
+            key=key,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            eos_token_id=eos_token_id,
+            prompt_lengths=prompt_lengths,
+            pad_token_id=pad_token_id,
+            draft_temperature=draft_temperature,
+            draft_top_k=draft_top_k,
+            draft_top_p=draft_top_p,
+            shared_vocab_size=shared_vocab_size,
+        )
+    verify = "tokenwise" if verify is None else verify
+    k = check_positive_int("num_draft_tokens", 4 if num_draft_tokens is None else num_draft_tokens)
     n = check_positive_int("max_new_tokens", max_new_tokens)
     accept.verification_rule(verify)  # an unknown name fails here, before any compute
     if isinstance(draft, Model):
@@ -387,6 +418,26 @@ def speculative_sample(
         min_confidence,
         spec,
     )
+
+
+def _tree_call(target, draft, prompt_ids, tree, num_draft_tokens, verify, min_draft_confidence, **kwargs):
+    """`speculative_sample(tree=...)`: the chain-only arguments checked, then `tree_speculative_sample`."""
+    from jaxspec.generation.tree_speculative import TREE_VERIFICATION_RULES, tree_speculative_sample
+
+    branching = tuple(tree) if isinstance(tree, (tuple, list)) else None
+    if not branching or not all(is_integer(b) and b >= 1 for b in branching):
+        raise ValueError(f"tree={tree!r} must be a tuple of branchings >= 1, one per depth, e.g. (2, 2, 1).")
+    if num_draft_tokens is not None and num_draft_tokens != len(branching):
+        raise ValueError(
+            f"num_draft_tokens={num_draft_tokens} disagrees with tree={branching} (depth {len(branching)}): "
+            "a tree's depth is its number of draft tokens per round; leave num_draft_tokens out."
+        )
+    if min_draft_confidence is not None:
+        raise ValueError("min_draft_confidence applies to chains; a tree's shape is fixed by tree=...")
+    verify = "traversal" if verify is None else verify
+    if verify not in TREE_VERIFICATION_RULES:
+        raise ValueError(f"verify={verify!r} is not a tree rule; use one of {sorted(TREE_VERIFICATION_RULES)}.")
+    return tree_speculative_sample(target, draft, prompt_ids, branching=branching, verify=verify, **kwargs)
 
 
 def draft_settings(
