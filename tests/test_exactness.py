@@ -18,121 +18,53 @@ round whenever a draft is rejected, so cache rollback and the draft-cache
 catch-up after a fully accepted block are exercised too.
 """
 
-import dataclasses
-import functools
-import itertools
-
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
-from stats import chi_square_power, chi_square_test
+from exact_law import (
+    ALPHA,
+    NUM_TOKENS,
+    PROMPT,
+    ROWS,
+    SETTINGS,
+    check,
+    check_first_acceptance,
+    counts,
+    pair,
+    sequence_law,
+)
+from stats import chi_square_test
 
 from jaxspec import NgramDrafter, autoregressive_sample, speculative_sample
-from jaxspec.generation.provenance import ACCEPTED_DRAFT
-from jaxspec.sampling.processing import SamplingConfig, processed_probs
-from jaxspec.testing import random_model, tiny_config
-
-VOCAB = 8
-PROMPT = (3, 1, 4)
-NUM_TOKENS = 3
-ROWS = 40_000
-ALPHA = 1e-3
-
-
-@functools.cache
-def _pair():
-    target = random_model(tiny_config("gpt2", vocab_size=VOCAB), seed=0, scale=10.0)
-    draft = random_model(tiny_config("opt", vocab_size=VOCAB), seed=1, scale=10.0)
-    return target, draft
-
-
-def _sequence_law(model, sampling: SamplingConfig) -> np.ndarray:
-    """Exact P(y1, y2, y3) [V, V, V] under `model`'s processed law, by full passes."""
-    conts = np.array(list(itertools.product(range(VOCAB), repeat=NUM_TOKENS)), np.int32)
-    seqs = np.concatenate([np.tile(PROMPT, (len(conts), 1)), conts], axis=1)
-    cache = model.init_cache(len(seqs), seqs.shape[1])
-    logits, _ = jax.jit(lambda m, t, c: m(t, c))(model, jnp.asarray(seqs), cache)
-    probs = np.asarray(processed_probs(logits, sampling), np.float64)
-    first = len(PROMPT) - 1
-    law = np.ones(len(conts))
-    for i in range(NUM_TOKENS):
-        law *= probs[np.arange(len(conts)), first + i, conts[:, i]]
-    return law.reshape((VOCAB,) * NUM_TOKENS)
-
-
-def _counts(tokens: np.ndarray) -> np.ndarray:
-    codes = np.ravel_multi_index(tuple(tokens[:, :NUM_TOKENS].T), (VOCAB,) * NUM_TOKENS)
-    return np.bincount(codes, minlength=VOCAB**NUM_TOKENS)
-
-
-SETTINGS = {
-    "t1": dict(temperature=1.0),
-    "t0.7_topk3": dict(temperature=0.7, top_k=3),
-    "topp0.7": dict(top_p=0.7),
-}
-
-
-def _check(tokens, law, draft_law, label):
-    counts = _counts(np.asarray(tokens))
-    stat, p_value, df = chi_square_test(law.ravel(), counts)
-    power = chi_square_power(law.ravel(), 0.95 * law.ravel() + 0.05 * draft_law.ravel(), ROWS, ALPHA)
-    assert power >= 0.99, f"{label}: test too weak (power {power:.3f})"
-    assert p_value > ALPHA, f"{label}: chi2={stat:.1f} df={df} p={p_value:.2e}"
+from jaxspec.sampling.processing import SamplingConfig
 
 
 @pytest.mark.parametrize("setting", SETTINGS)
 def test_speculative_matches_exact_target_law(setting):
-    target, draft = _pair()
+    target, draft = pair()
     kwargs = SETTINGS[setting]
     sampling = SamplingConfig(**kwargs)
-    law = _sequence_law(target, sampling)
+    law = sequence_law(target, sampling)
     prompts = np.tile(PROMPT, (ROWS, 1))
     out = speculative_sample(
         target, draft, prompts, key=jax.random.key(7), max_new_tokens=NUM_TOKENS, num_draft_tokens=2, **kwargs
     )
     assert np.all(np.asarray(out.lengths) == NUM_TOKENS)
-    _check(out.tokens, law, _sequence_law(draft, sampling), setting)
-    _check_first_acceptance(out, target, draft, sampling)
-
-
-def _first_token_laws(target, draft, sampling):
-    """p1 under `sampling`, q1 under the draft's default settings (the target's, without top-p)."""
-    laws = []
-    draft_sampling = dataclasses.replace(sampling, top_p=1.0)
-    for model, settings in ((target, sampling), (draft, draft_sampling)):
-        cache = model.init_cache(1, len(PROMPT))
-        logits, _ = model(jnp.asarray([PROMPT]), cache)
-        laws.append(np.asarray(processed_probs(logits[0, -1], settings), np.float64))
-    return laws
-
-
-def _check_first_acceptance(out, target, draft, sampling):
-    """The first draft token is accepted with probability sum(min(p1, q1)) exactly.
-
-    Two-sided binomial z-test at alpha = 1e-3 (|z| < 3.29). A "sample-match"
-    rule (lablup/mlxcel #902) would reach only sum(p1 * q1); the test asserts
-    that value lies far outside the acceptance band, so it has power against it.
-    """
-    p1, q1 = _first_token_laws(target, draft, sampling)
-    alpha1 = float(np.minimum(p1, q1).sum())
-    sigma = np.sqrt(alpha1 * (1 - alpha1) / ROWS)
-    measured = float(np.mean(np.asarray(out.provenance)[:, 0] == ACCEPTED_DRAFT))
-    assert abs(measured - alpha1) < 3.29 * sigma, (measured, alpha1, sigma)
-    assert abs(float((p1 * q1).sum()) - alpha1) > 10 * sigma
+    check(out.tokens, law, sequence_law(draft, sampling), setting)
+    check_first_acceptance(out, target, draft, sampling)
 
 
 @pytest.mark.parametrize("setting", SETTINGS)
 def test_autoregressive_matches_exact_target_law(setting):
     """The checker checked: plain sampling passes the same test."""
-    target, draft = _pair()
+    target, draft = pair()
     kwargs = SETTINGS[setting]
     sampling = SamplingConfig(**kwargs)
-    law = _sequence_law(target, sampling)
+    law = sequence_law(target, sampling)
     out = autoregressive_sample(
         target, np.tile(PROMPT, (ROWS, 1)), key=jax.random.key(8), max_new_tokens=NUM_TOKENS, **kwargs
     )
-    _check(out.tokens, law, _sequence_law(draft, sampling), setting)
+    check(out.tokens, law, sequence_law(draft, sampling), setting)
 
 
 @pytest.mark.parametrize(
@@ -143,8 +75,8 @@ def test_autoregressive_matches_exact_target_law(setting):
 def test_exact_with_other_draft_settings(draft_kwargs):
     """q must be what the draft sampled from: one-hot for a greedy draft
     (transformers #32867 used its softmax), the hotter law for a hotter one."""
-    target, draft = _pair()
-    law = _sequence_law(target, SamplingConfig())
+    target, draft = pair()
+    law = sequence_law(target, SamplingConfig())
     out = speculative_sample(
         target,
         draft,
@@ -154,15 +86,15 @@ def test_exact_with_other_draft_settings(draft_kwargs):
         num_draft_tokens=2,
         **draft_kwargs,
     )
-    _check(out.tokens, law, _sequence_law(draft, SamplingConfig()), str(draft_kwargs))
+    check(out.tokens, law, sequence_law(draft, SamplingConfig()), str(draft_kwargs))
 
 
 def test_the_checker_rejects_a_biased_sampler():
     """Negative control: samples from the draft's own law must fail the test."""
-    target, draft = _pair()
-    law = _sequence_law(target, SamplingConfig())
+    target, draft = pair()
+    law = sequence_law(target, SamplingConfig())
     out = autoregressive_sample(draft, np.tile(PROMPT, (ROWS, 1)), key=jax.random.key(10), max_new_tokens=NUM_TOKENS)
-    _, p_value, _ = chi_square_test(law.ravel(), _counts(np.asarray(out.tokens)))
+    _, p_value, _ = chi_square_test(law.ravel(), counts(np.asarray(out.tokens)))
     assert p_value < ALPHA
 
 
@@ -170,14 +102,14 @@ def test_the_checker_rejects_a_biased_sampler():
 def test_block_verification_matches_exact_target_law(k):
     """Block verification (Sun et al. 2024) keeps the law exact, and on average
     accepts at least as many drafts as the token-wise rule (same key, same rows)."""
-    target, draft = _pair()
-    law = _sequence_law(target, SamplingConfig())
+    target, draft = pair()
+    law = sequence_law(target, SamplingConfig())
     prompts = np.tile(PROMPT, (ROWS, 1))
     run = lambda verify: speculative_sample(
         target, draft, prompts, key=jax.random.key(11), max_new_tokens=NUM_TOKENS, num_draft_tokens=k, verify=verify
     )
     block, tokenwise = run("block"), run("tokenwise")
-    _check(block.tokens, law, _sequence_law(draft, SamplingConfig()), f"block K={k}")
+    check(block.tokens, law, sequence_law(draft, SamplingConfig()), f"block K={k}")
     per_round = lambda out: float(np.sum(out.num_accepted) / np.sum(out.num_rounds))
     assert per_round(block) >= per_round(tokenwise) - 0.01, (per_round(block), per_round(tokenwise))
 
@@ -190,8 +122,8 @@ def test_dynamic_draft_length_matches_exact_target_law(verify):
     drafted count per round lies strictly between 1 and K). Skipped draft steps
     (every row stopped) are tested at batch 1 in test_dynamic_length.py.
     """
-    target, draft = _pair()
-    law = _sequence_law(target, SamplingConfig())
+    target, draft = pair()
+    law = sequence_law(target, SamplingConfig())
     out = speculative_sample(
         target,
         draft,
@@ -202,7 +134,7 @@ def test_dynamic_draft_length_matches_exact_target_law(verify):
         verify=verify,
         min_draft_confidence=0.25,
     )
-    _check(out.tokens, law, _sequence_law(draft, SamplingConfig()), f"dynamic length {verify}")
+    check(out.tokens, law, sequence_law(draft, SamplingConfig()), f"dynamic length {verify}")
     drafted_per_round = float(np.sum(out.num_drafted) / np.sum(out.num_rounds))
     assert 1.2 < drafted_per_round < 2.8, drafted_per_round
 
@@ -212,8 +144,8 @@ def test_ngram_drafter_matches_exact_target_law(verify):
     """Prompt lookup proposes deterministically (one-hot q); the law stays exact.
     With vocabulary 8 and a 3-token prompt most rounds find a match, so both the
     match and the no-match paths are exercised (checked via the acceptance count)."""
-    target, draft = _pair()
-    law = _sequence_law(target, SamplingConfig())
+    target, draft = pair()
+    law = sequence_law(target, SamplingConfig())
     out = speculative_sample(
         target,
         NgramDrafter(max_ngram=2),
@@ -223,7 +155,7 @@ def test_ngram_drafter_matches_exact_target_law(verify):
         num_draft_tokens=2,
         verify=verify,
     )
-    _check(out.tokens, law, _sequence_law(draft, SamplingConfig()), f"ngram {verify}")
+    check(out.tokens, law, sequence_law(draft, SamplingConfig()), f"ngram {verify}")
     assert 0 < float(np.mean(out.acceptance_rate)) < 1
 
 
@@ -235,7 +167,7 @@ MIXED_ROWS = 4 * ROWS
 def test_mixed_per_row_settings_in_one_batch(verify):
     """One call, one compiled program, four settings side by side (row i uses MIXED[i % 4]):
     each group of rows follows its own exact law, greedy rows give the greedy sequence."""
-    target, draft = _pair()
+    target, draft = pair()
     settings = {
         name: np.array([MIXED[i % 4].get(name, default) for i in range(MIXED_ROWS)])
         for name, default in (("temperature", 1.0), ("top_k", 0), ("top_p", 1.0))
@@ -254,9 +186,9 @@ def test_mixed_per_row_settings_in_one_batch(verify):
     for group, kwargs in enumerate(MIXED):
         rows = tokens[group::4]
         sampling = SamplingConfig(**kwargs)
-        law = _sequence_law(target, sampling)
+        law = sequence_law(target, sampling)
         if sampling.is_greedy:
             expected = np.unravel_index(np.argmax(law), law.shape)
             np.testing.assert_array_equal(rows[:, :NUM_TOKENS], np.tile(expected, (len(rows), 1)))
             continue
-        _check(rows, law, _sequence_law(draft, sampling), f"mixed {kwargs}")
+        check(rows, law, sequence_law(draft, sampling), f"mixed {kwargs}")

@@ -4,13 +4,12 @@ of tests/test_exactness.py); int8 weights."""
 
 import functools
 
+import exact_law
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import test_exactness
 from conftest import fixture_path, golden
-from test_quantize import LOGIT_RTOL
 
 import jaxspec
 from jaxspec import NgramDrafter, autoregressive_sample, quantize_model, speculative_sample
@@ -101,19 +100,19 @@ def test_speculative_matches_exact_target_law(verify):
     rows of one call; chi-square at alpha = 1e-3 with power >= 0.99 against 5% draft mass."""
     target, draft = _exactness_pair()
     sampling = SamplingConfig()
-    law = test_exactness._sequence_law(target, sampling)
+    law = exact_law.sequence_law(target, sampling)
     out = speculative_sample(
         target,
         draft,
-        np.tile(test_exactness.PROMPT, (test_exactness.ROWS, 1)),
+        np.tile(exact_law.PROMPT, (exact_law.ROWS, 1)),
         key=jax.random.key(21),
-        max_new_tokens=test_exactness.NUM_TOKENS,
+        max_new_tokens=exact_law.NUM_TOKENS,
         num_draft_tokens=2,
         verify=verify,
     )
-    test_exactness._check(out.tokens, law, test_exactness._sequence_law(draft, sampling), f"llama {verify}")
+    exact_law.check(out.tokens, law, exact_law.sequence_law(draft, sampling), f"llama {verify}")
     if verify == "tokenwise":
-        test_exactness._check_first_acceptance(out, target, draft, sampling)
+        exact_law.check_first_acceptance(out, target, draft, sampling)
 
 
 # --- int8 weights -----------------------------------------------------------------------
@@ -127,7 +126,7 @@ def _logits(model, tokens):
 @pytest.mark.parametrize("name", ["llama_gqa", "qwen2_tiny"])
 def test_int8_logits_are_close_to_float32(name):
     """Every projection (q, k, v, attn_out, fc_gate, fc_in, fc_out, an untied lm_head) int8;
-    embeddings, RMSNorm scales and biases float. Logits within LOGIT_RTOL * max|logit|."""
+    embeddings, RMSNorm scales and biases float. Logits within exact_law.INT8_LOGIT_RTOL * max|logit|."""
     tokens, reference = golden(name)
     q = jaxspec.load_model(fixture_path(name), quantize="int8")
     kernels = {m for m, p in q.params["blocks"].items() if isinstance(p.get("kernel"), jaxspec.QuantizedKernel)}
@@ -135,7 +134,7 @@ def test_int8_logits_are_close_to_float32(name):
     assert isinstance(q.params.get("lm_head", {}).get("kernel"), jaxspec.QuantizedKernel) == (name == "llama_gqa")
     assert q.params["blocks"]["ln_attn"]["scale"].dtype == jnp.float32
     err = float(np.max(np.abs(_logits(q, tokens) - reference)))
-    assert 0 < err <= LOGIT_RTOL * float(np.max(np.abs(reference))), err
+    assert 0 < err <= exact_law.INT8_LOGIT_RTOL * float(np.max(np.abs(reference))), err
 
 
 def test_greedy_speculative_equals_autoregressive_int8():

@@ -3,12 +3,12 @@ equality, the exact target law, no recompilation, load_model / save_model."""
 
 import functools
 
+import exact_law
 import hypothesis.strategies as st
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import test_exactness
 from conftest import fixture_path, golden
 from hypothesis import given, settings
 
@@ -88,7 +88,7 @@ def test_only_matmul_kernels_are_quantized():
 # Measured on the golden fixtures (float32 compute, every kernel int8): max |d|
 # 0.0076 (gpt2_tiny), 0.0061 (opt_tiny), 0.0094 (opt_350m_style), i.e. at most
 # 1.2% of the largest |logit|. Tolerance: 3% of the largest |logit| (> 2.5x margin).
-LOGIT_RTOL = 0.03
+LOGIT_RTOL = exact_law.INT8_LOGIT_RTOL
 
 
 @pytest.mark.parametrize("name", ["gpt2_tiny", "opt_tiny"])
@@ -165,11 +165,11 @@ def test_speculative_matches_exact_law_of_quantized_target():
     """tests/test_exactness.py's end-to-end check (exact law of the first 3 tokens
     by enumeration, 40,000 rows, chi-square at alpha = 1e-3 with power >= 0.99
     against 5% draft mass) with its target and draft both int8-quantized."""
-    target, draft = (quantize_model(m) for m in test_exactness._pair())
+    target, draft = (quantize_model(m) for m in exact_law.pair())
     sampling = SamplingConfig()
-    law = test_exactness._sequence_law(target, sampling)
-    prompts = np.tile(test_exactness.PROMPT, (test_exactness.ROWS, 1))
+    law = exact_law.sequence_law(target, sampling)
+    prompts = np.tile(exact_law.PROMPT, (exact_law.ROWS, 1))
     out = jaxspec.speculative_sample(
-        target, draft, prompts, key=jax.random.key(13), max_new_tokens=test_exactness.NUM_TOKENS, num_draft_tokens=2
+        target, draft, prompts, key=jax.random.key(13), max_new_tokens=exact_law.NUM_TOKENS, num_draft_tokens=2
     )
-    test_exactness._check(out.tokens, law, test_exactness._sequence_law(draft, sampling), "int8 pair")
+    exact_law.check(out.tokens, law, exact_law.sequence_law(draft, sampling), "int8 pair")

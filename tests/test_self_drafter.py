@@ -8,11 +8,11 @@ test_exactness.py); the drafter shares the target's arrays and compiles once;
 bad layer choices are refused with the fix named.
 """
 
+import exact_law
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import test_exactness
 from conftest import fixture_path
 
 import jaxspec
@@ -78,23 +78,23 @@ def test_greedy_self_draft_equals_greedy_autoregressive(family, make, verify):
 def test_self_draft_matches_exact_target_law(verify):
     """The harness's target (GPT-2, 2 layers) drafting with its first layer: chi-square at
     alpha = 1e-3 with asserted power >= 0.99, and the first draft's acceptance sum(min(p, q))."""
-    target, _ = test_exactness._pair()
+    target, _ = exact_law.pair()
     drafter = SelfDrafter.first_layers(target, 1)
     sampling = SamplingConfig()
     out = speculative_sample(
         target,
         drafter,
-        np.tile(test_exactness.PROMPT, (test_exactness.ROWS, 1)),
+        np.tile(exact_law.PROMPT, (exact_law.ROWS, 1)),
         key=jax.random.key(23),
-        max_new_tokens=test_exactness.NUM_TOKENS,
+        max_new_tokens=exact_law.NUM_TOKENS,
         num_draft_tokens=2,
         verify=verify,
     )
     draft_model = truncated_model(target, (0,))
-    law = test_exactness._sequence_law(target, sampling)
-    test_exactness._check(out.tokens, law, test_exactness._sequence_law(draft_model, sampling), f"self {verify}")
+    law = exact_law.sequence_law(target, sampling)
+    exact_law.check(out.tokens, law, exact_law.sequence_law(draft_model, sampling), f"self {verify}")
     if verify == "tokenwise":
-        test_exactness._check_first_acceptance(out, target, draft_model, sampling)
+        exact_law.check_first_acceptance(out, target, draft_model, sampling)
 
 
 def test_shares_the_targets_arrays_and_compiles_once():

@@ -6,10 +6,10 @@ harness of test_exactness.py, asserted power >= 0.99) for both rules and two set
 counts agree with each other, and bad arguments are refused.
 """
 
+import exact_law
 import jax
 import numpy as np
 import pytest
-import test_exactness
 
 from jaxspec import NgramDrafter, autoregressive_sample, tree_speculative_sample
 from jaxspec.generation.tree_speculative import draw_children
@@ -60,22 +60,22 @@ def test_greedy_tree_decoding_equals_greedy_autoregressive(family, branching, ve
 @pytest.mark.parametrize("setting", ["t1", "t0.7_topk3"])
 def test_tree_decoding_matches_exact_target_law(verify, setting):
     """Branching (2, 2): 6 drafts per round, at most 2 kept, so the 3 tokens span rounds."""
-    target, draft = test_exactness._pair()
-    kwargs = test_exactness.SETTINGS[setting]
+    target, draft = exact_law.pair()
+    kwargs = exact_law.SETTINGS[setting]
     sampling = SamplingConfig(**kwargs)
     out = tree_speculative_sample(
         target,
         draft,
-        np.tile(test_exactness.PROMPT, (test_exactness.ROWS, 1)),
+        np.tile(exact_law.PROMPT, (exact_law.ROWS, 1)),
         key=jax.random.key(31),
-        max_new_tokens=test_exactness.NUM_TOKENS,
+        max_new_tokens=exact_law.NUM_TOKENS,
         branching=(2, 2),
         verify=verify,
         **kwargs,
     )
-    assert np.all(np.asarray(out.lengths) == test_exactness.NUM_TOKENS)
-    law = test_exactness._sequence_law(target, sampling)
-    test_exactness._check(out.tokens, law, test_exactness._sequence_law(draft, sampling), f"tree {verify} {setting}")
+    assert np.all(np.asarray(out.lengths) == exact_law.NUM_TOKENS)
+    law = exact_law.sequence_law(target, sampling)
+    exact_law.check(out.tokens, law, exact_law.sequence_law(draft, sampling), f"tree {verify} {setting}")
 
 
 def test_counts_agree():

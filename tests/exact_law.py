@@ -1,0 +1,97 @@
+"""The exact-law harness of the end-to-end exactness tests, shared by every test file that uses it.
+
+A tiny random GPT-2 target and OPT draft over an 8-token vocabulary, a fixed
+3-token prompt, and the exact law of the first three new tokens, enumerated
+with full passes (`sequence_law`); `check` runs the Pearson chi-square at
+alpha = 1e-3 and asserts its power >= 0.99 against 5% of the mass following
+the draft. tests/test_exactness.py explains the design.
+"""
+
+import dataclasses
+import functools
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from stats import chi_square_power, chi_square_test
+
+from jaxspec.generation.provenance import ACCEPTED_DRAFT
+from jaxspec.sampling.processing import SamplingConfig, processed_probs
+from jaxspec.testing import random_model, tiny_config
+
+# int8 weights: logits stay within this fraction of max|logit| (tests/test_quantize.py, test_llama_generation.py).
+INT8_LOGIT_RTOL = 0.03
+
+VOCAB = 8
+PROMPT = (3, 1, 4)
+NUM_TOKENS = 3
+ROWS = 40_000
+ALPHA = 1e-3
+
+
+@functools.cache
+def pair():
+    target = random_model(tiny_config("gpt2", vocab_size=VOCAB), seed=0, scale=10.0)
+    draft = random_model(tiny_config("opt", vocab_size=VOCAB), seed=1, scale=10.0)
+    return target, draft
+
+
+def sequence_law(model, sampling: SamplingConfig) -> np.ndarray:
+    """Exact P(y1, y2, y3) [V, V, V] under `model`'s processed law, by full passes."""
+    conts = np.array(list(itertools.product(range(VOCAB), repeat=NUM_TOKENS)), np.int32)
+    seqs = np.concatenate([np.tile(PROMPT, (len(conts), 1)), conts], axis=1)
+    cache = model.init_cache(len(seqs), seqs.shape[1])
+    logits, _ = jax.jit(lambda m, t, c: m(t, c))(model, jnp.asarray(seqs), cache)
+    probs = np.asarray(processed_probs(logits, sampling), np.float64)
+    first = len(PROMPT) - 1
+    law = np.ones(len(conts))
+    for i in range(NUM_TOKENS):
+        law *= probs[np.arange(len(conts)), first + i, conts[:, i]]
+    return law.reshape((VOCAB,) * NUM_TOKENS)
+
+
+def counts(tokens: np.ndarray) -> np.ndarray:
+    codes = np.ravel_multi_index(tuple(tokens[:, :NUM_TOKENS].T), (VOCAB,) * NUM_TOKENS)
+    return np.bincount(codes, minlength=VOCAB**NUM_TOKENS)
+
+
+SETTINGS = {
+    "t1": dict(temperature=1.0),
+    "t0.7_topk3": dict(temperature=0.7, top_k=3),
+    "topp0.7": dict(top_p=0.7),
+}
+
+
+def check(tokens, law, draft_law, label):
+    observed = counts(np.asarray(tokens))
+    stat, p_value, df = chi_square_test(law.ravel(), observed)
+    power = chi_square_power(law.ravel(), 0.95 * law.ravel() + 0.05 * draft_law.ravel(), ROWS, ALPHA)
+    assert power >= 0.99, f"{label}: test too weak (power {power:.3f})"
+    assert p_value > ALPHA, f"{label}: chi2={stat:.1f} df={df} p={p_value:.2e}"
+
+
+def first_token_laws(target, draft, sampling):
+    """p1 under `sampling`, q1 under the draft's default settings (the target's, without top-p)."""
+    laws = []
+    draft_sampling = dataclasses.replace(sampling, top_p=1.0)
+    for model, settings in ((target, sampling), (draft, draft_sampling)):
+        cache = model.init_cache(1, len(PROMPT))
+        logits, _ = model(jnp.asarray([PROMPT]), cache)
+        laws.append(np.asarray(processed_probs(logits[0, -1], settings), np.float64))
+    return laws
+
+
+def check_first_acceptance(out, target, draft, sampling):
+    """The first draft token is accepted with probability sum(min(p1, q1)) exactly.
+
+    Two-sided binomial z-test at alpha = 1e-3 (|z| < 3.29). A "sample-match"
+    rule (lablup/mlxcel #902) would reach only sum(p1 * q1); the test asserts
+    that value lies far outside the acceptance band, so it has power against it.
+    """
+    p1, q1 = first_token_laws(target, draft, sampling)
+    alpha1 = float(np.minimum(p1, q1).sum())
+    sigma = np.sqrt(alpha1 * (1 - alpha1) / ROWS)
+    measured = float(np.mean(np.asarray(out.provenance)[:, 0] == ACCEPTED_DRAFT))
+    assert abs(measured - alpha1) < 3.29 * sigma, (measured, alpha1, sigma)
+    assert abs(float((p1 * q1).sum()) - alpha1) > 10 * sigma
