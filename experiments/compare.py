@@ -62,6 +62,14 @@ flags.DEFINE_enum(
 flags.DEFINE_integer("max_ngram", 3, "Longest suffix prompt lookup matches (--drafter=ngram).", lower_bound=1)
 flags.DEFINE_integer("self_draft_layers", 1, "Target layers a self-draft runs (--drafter=self).", lower_bound=1)
 flags.DEFINE_enum("verify", "block", list(VERIFICATION_RULES), "Verification rule.")
+flags.DEFINE_float(
+    "min_draft_confidence",
+    None,
+    "Dynamic draft length: a row stops drafting once the draft's top probability is below this (K is the most); "
+    "the output law is unchanged.",
+    lower_bound=0.0,
+    upper_bound=1.0,
+)
 flags.DEFINE_enum("method", "both", ["both", "speculative", "autoregressive"], "What to run.")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Parameter/compute dtype.")
 flags.DEFINE_bool("verbose", False, "Show each speculative token's provenance (colour or markers); -v too.")

@@ -234,7 +234,7 @@ def test_drafting_end_to_end(tiny_pair, tmp_path):
         "drafting.py",
         f"--target_model={tiny_pair['target']}",
         f"--draft_model={tiny_pair['draft']}",
-        "--methods=chain:block:2,tree:traversal:2x1,tree:recursive:2x1,self:1",
+        "--methods=chain:block:2,tree:traversal:2x1,tree:recursive:2x1,self:1,dynamic:block:3:0.3",
         "--temperatures=0,1",
         "--num_prompts=2",
         "--prompt_tokens=4",
@@ -244,9 +244,13 @@ def test_drafting_end_to_end(tiny_pair, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads((tmp_path / "drafting.json").read_text())
     assert {(r["method"], r["temperature"]) for r in report["rows"]} == {
-        (m, t) for m in ("chain:block:2", "tree:traversal:2x1", "tree:recursive:2x1", "self:1") for t in (0.0, 1.0)
+        (m, t)
+        for m in ("chain:block:2", "tree:traversal:2x1", "tree:recursive:2x1", "self:1", "dynamic:block:3:0.3")
+        for t in (0.0, 1.0)
     }
     assert {r["verify_positions"] for r in report["rows"] if r["method"].startswith("tree")} == {5}
+    dynamic = [r for r in report["rows"] if r["method"].startswith("dynamic")]
+    assert all(1 <= r["drafted_per_round"] <= 3 and r["verify_positions"] == 4 for r in dynamic)
     assert len(report["traversal_minus_recursive"]) == 2
     assert (tmp_path / "drafting.png").exists()
     bad = _run("drafting.py", "--methods=tree:traversal", f"--out_dir={tmp_path}")

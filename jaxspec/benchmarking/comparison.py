@@ -44,6 +44,8 @@ class CompareConfig:
       max_ngram: longest suffix prompt lookup matches.
       self_draft_layers: layers of the target a self-draft runs (drafter "self").
       verify: "tokenwise" or "block".
+      min_draft_confidence: dynamic draft length (None: K drafts every round;
+        see `speculative_sample`).
       method: "both", "speculative" or "autoregressive".
       dtype: "float32" or "bfloat16" (parameters and compute).
       verbose: also render the first speculative row by token provenance.
@@ -66,6 +68,7 @@ class CompareConfig:
     max_ngram: int = 3
     self_draft_layers: int = 1
     verify: str = "block"
+    min_draft_confidence: float | None = None
     method: str = "both"
     dtype: str = "float32"
     verbose: bool = False
@@ -118,6 +121,7 @@ def compare(config: CompareConfig) -> dict:
             max_new_tokens=config.N,
             num_draft_tokens=config.K,
             verify=config.verify,
+            min_draft_confidence=config.min_draft_confidence,
             **settings,
         )
     # No EOS: generation runs to N tokens so every run does the same work.
@@ -131,6 +135,7 @@ def compare(config: CompareConfig) -> dict:
         target_model=config.target_model,
         draft_model=drafter if draft is not None else None,
         verify=config.verify,
+        min_draft_confidence=config.min_draft_confidence,
         prompt=tokenizer.decode(prompt_set[0]),
         prompts="input_str" if config.input_str is not None else f"{len(prompt_set)} held-out prompts",
         prompt_tokens=int(prompt_set.shape[1]),

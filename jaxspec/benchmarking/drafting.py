@@ -11,6 +11,8 @@ chain, N + 1 for a tree). Methods are named by a short spec:
   chain:tokenwise:K   chain:block:K       a chain of K drafts (the draft model)
   tree:traversal:B    tree:recursive:B    a tree of branching B, e.g. 2x2 (N = 6)
   self:L              the target's first L layers as the draft (block, K = `self_K`)
+  dynamic:R:K:C       a chain of at most K drafts under rule R whose rows stop drafting once the
+                      draft's top probability falls below C (`min_draft_confidence`)
 
 Also reported, per temperature: Traversal's mean accepted length per round
 minus recursive rejection's on the same tree shape (paired by prompt, with its
@@ -20,6 +22,7 @@ standard error and z score), the comparison Weng et al. 2025 make.
 from __future__ import annotations
 
 import dataclasses
+from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -54,11 +57,22 @@ class DraftingConfig:
     seed: int = 0
 
 
-def parse_method(spec: str) -> tuple[str, str, tuple[int, ...]]:
-    """("chain" | "tree" | "self", rule, shape) of a method spec.
+class Method(NamedTuple):
+    """A parsed method spec: kind ("chain" | "tree" | "self" | "dynamic"), rule, shape, confidence threshold."""
 
-    >>> parse_method("tree:traversal:2x2"), parse_method("chain:block:6"), parse_method("self:2")
-    (('tree', 'traversal', (2, 2)), ('chain', 'block', (6,)), ('self', 'block', (2,)))
+    kind: str
+    rule: str
+    shape: tuple[int, ...]
+    min_confidence: float | None = None
+
+
+def parse_method(spec: str) -> Method:
+    """The `Method` of a spec.
+
+    >>> [tuple(parse_method(s)[:3]) for s in ("tree:traversal:2x2", "chain:block:6", "self:2")]
+    [('tree', 'traversal', (2, 2)), ('chain', 'block', (6,)), ('self', 'block', (2,))]
+    >>> parse_method("dynamic:block:8:0.4")
+    Method(kind='dynamic', rule='block', shape=(8,), min_confidence=0.4)
 
     Raises:
       ValueError: a spec of another form.
@@ -66,26 +80,37 @@ def parse_method(spec: str) -> tuple[str, str, tuple[int, ...]]:
     parts = spec.split(":")
     try:
         if parts[0] == "self" and len(parts) == 2:
-            return "self", "block", (int(parts[1]),)
+            return Method("self", "block", (int(parts[1]),))
+        if parts[0] == "dynamic" and len(parts) == 4 and 0 <= float(parts[3]) <= 1:
+            return Method("dynamic", parts[1], (int(parts[2]),), float(parts[3]))
         if parts[0] in ("chain", "tree") and len(parts) == 3:
             shape = tuple(int(b) for b in parts[2].split("x"))
             if parts[0] == "chain" and len(shape) == 1:
-                return "chain", parts[1], shape
+                return Method("chain", parts[1], shape)
             if parts[0] == "tree":
-                return "tree", parts[1], shape
+                return Method("tree", parts[1], shape)
     except ValueError:
         pass
     raise ValueError(
-        f"method {spec!r} is not chain:<rule>:<K>, tree:<rule>:<b1>x<b2>..., or self:<layers>; "
-        "e.g. chain:block:6, tree:traversal:2x2, self:2."
+        f"method {spec!r} is not chain:<rule>:<K>, tree:<rule>:<b1>x<b2>..., self:<layers> or "
+        "dynamic:<rule>:<K>:<confidence in [0, 1]>; e.g. chain:block:6, tree:traversal:2x2, self:2, "
+        "dynamic:block:8:0.4."
     )
 
 
-def _runner(kind, rule, shape, target, draft, prompts, temperature, n, self_k, seed):
+def _runner(method: Method, target, draft, prompts, temperature, n, self_k, seed):
+    kind, rule, shape = method.kind, method.rule, method.shape
     kwargs = dict(max_new_tokens=n, temperature=temperature)
-    if kind == "chain":
+    if kind in ("chain", "dynamic"):
         return lambda s: jaxspec.speculative_sample(
-            target, draft, prompts(s), key=jax.random.key(seed + s), num_draft_tokens=shape[0], verify=rule, **kwargs
+            target,
+            draft,
+            prompts(s),
+            key=jax.random.key(seed + s),
+            num_draft_tokens=shape[0],
+            verify=rule,
+            min_draft_confidence=method.min_confidence,
+            **kwargs,
         )
     if kind == "tree":
         return lambda s: jaxspec.tree_speculative_sample(
@@ -98,8 +123,8 @@ def _runner(kind, rule, shape, target, draft, prompts, temperature, n, self_k, s
 
 
 def verify_positions(kind: str, shape: tuple[int, ...], self_k: int) -> int:
-    """Positions one verify pass scores: K + 1 (chain), N + 1 (tree)."""
-    if kind == "chain":
+    """Positions one verify pass scores: K + 1 (chain, at most K for dynamic), N + 1 (tree)."""
+    if kind in ("chain", "dynamic"):
         return shape[0] + 1
     if kind == "self":
         return self_k + 1
@@ -124,15 +149,16 @@ def compare_drafting(config: DraftingConfig, log=print) -> dict:
                 target, prompts(s), key=jax.random.key(config.seed + s), max_new_tokens=config.N, temperature=t
             )
         }
-        for spec, (kind, rule, shape) in parsed.items():
-            methods[spec] = _runner(kind, rule, shape, target, draft, prompts, t, config.N, config.self_K, config.seed)
+        for spec, method in parsed.items():
+            methods[spec] = _runner(method, target, draft, prompts, t, config.N, config.self_K, config.seed)
         log(f"T = {t}: {len(methods)} methods x {config.num_prompts} prompts")
         timings, results = time_interleaved(methods, config.num_prompts, keep_results=True)
         ar_times = timings["autoregressive"]["times_s"]
         per_round = {}
-        for spec, (kind, _, shape) in parsed.items():
+        for spec, (kind, _, shape, _) in parsed.items():
             res = results[spec]
             rounds = np.asarray([int(r.num_rounds[0]) for r in res], np.float64)
+            drafted = np.asarray([int(r.num_drafted[0]) for r in res], np.float64)
             accepted = np.asarray([int(r.num_accepted[0]) for r in res], np.float64)
             generated = np.asarray([int(r.lengths[0]) for r in res], np.float64)
             per_round[spec] = accepted / rounds
@@ -145,6 +171,7 @@ def compare_drafting(config: DraftingConfig, log=print) -> dict:
                     time_ms=1000 * mean,
                     time_std_ms=1000 * std,
                     tokens_per_target_call=float(generated.sum() / rounds.sum()),
+                    drafted_per_round=float(drafted.sum() / rounds.sum()),
                     accepted_per_round=float(accepted.sum() / rounds.sum()),
                     accepted_per_round_se=float(np.std(per_round[spec], ddof=1) / np.sqrt(len(res))),
                     **paired_speedup(ar_times, timings[spec]["times_s"]),
@@ -155,7 +182,7 @@ def compare_drafting(config: DraftingConfig, log=print) -> dict:
                 f"  {spec:22s} {r['speedup']:.2f}x ± {r['speedup_se']:.2f}  "
                 f"{r['tokens_per_target_call']:.2f} tokens/call  {r['accepted_per_round']:.2f} accepted/round"
             )
-        for spec, (kind, rule, shape) in parsed.items():
+        for spec, (kind, rule, shape, _) in parsed.items():
             other = f"tree:recursive:{'x'.join(map(str, shape))}"
             if kind == "tree" and rule == "traversal" and other in per_round:
                 comparisons.append(

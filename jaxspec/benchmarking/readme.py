@@ -402,17 +402,17 @@ def drafting_section(results_dir: str) -> str | None:
 
 SECTIONS = {
     "Comparison (compare.py)": compare_section,
-    "Sweep at batch 1 on the current pair (benchmark.py)": lambda d: sweep_section(d, "benchmark_b1"),
-    "Sampler before/after (ab_versions.py)": settings_ab_section,
-    "Cost of top-k / top-p (benchmark.py --mode settings)": settings_section,
-    "Drafting strategies: chains, trees, self-drafts (drafting.py)": drafting_section,
+    "Sweep at batch 1 (benchmark.py)": lambda d: sweep_section(d, "benchmark_b1"),
+    "Sampler before/after (ab_versions.py) — previous pair": settings_ab_section,
+    "Cost of top-k / top-p (benchmark.py --mode settings) — previous pair": settings_section,
+    "Drafting strategies: chains, trees, dynamic length (drafting.py)": drafting_section,
     "Against transformers (vs_transformers.py)": vs_transformers_section,
-    "Sweep (benchmark.py; previous pair)": sweep_section,
+    "Sweep over batch sizes (benchmark.py)": sweep_section,
     "Block vs token-wise in the sweep's timing cells (benchmark.py)": block_vs_tokenwise_section,
     "Block vs token-wise with power (benchmark.py --mode acceptance)": acceptance_section,
     "Prompt lookup (benchmark.py --mode ngram)": ngram_section,
     "Distillation (distill_draft.py)": distill_section,
-    "Hugging Face sizes (benchmark.py --mode size)": size_section,
+    "Hugging Face sizes (benchmark.py --mode size) — random weights": size_section,
     "Quantization (quantization.py)": quantization_section,
     "Serving load test (load_test.py)": load_test_section,
 }
