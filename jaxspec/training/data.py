@@ -91,7 +91,10 @@ def save_corpus(path: str, tokenizer_dir: str, files: list[str] | None = None) -
     from jaxspec.loading import load_tokenizer
 
     tokenizer = load_tokenizer(tokenizer_dir)
-    tokenizer_files = {f: open(os.path.join(tokenizer_dir, f)).read() for f in TOKENIZER_FILES}
+    tokenizer_files = {}
+    for name in TOKENIZER_FILES:
+        with open(os.path.join(tokenizer_dir, name)) as fh:
+            tokenizer_files[name] = fh.read()
     train_files, heldout_files = split_files(python_files() if files is None else files)
     dtype = np.uint16 if len(tokenizer) <= np.iinfo(np.uint16).max + 1 else np.int32
     train = encode(tokenizer, read_texts(train_files)).astype(dtype)
