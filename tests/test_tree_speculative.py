@@ -138,3 +138,26 @@ def test_speculative_sample_tree_argument_is_the_tree_loop():
         speculative_sample(target, draft, [[1]], tree=(2, 1), verify="block", **kwargs)
     with pytest.raises(ValueError, match="tree=\\(2, 0\\) must be"):
         speculative_sample(target, draft, [[1]], tree=(2, 0), **kwargs)
+
+
+def test_tree_loop_compiles_once_per_shape_and_dynamic_length_once_per_threshold():
+    """New prompts, keys, lengths and settings reuse the compiled tree loop; any confidence threshold
+    reuses the compiled chain loop (it is traced)."""
+    from jaxspec import speculative_sample
+    from jaxspec.generation import speculative, tree_speculative
+
+    target = random_model(tiny_config("gpt2", vocab_size=32), seed=0, scale=4.0)
+    draft = random_model(tiny_config("opt", vocab_size=32), seed=1, scale=4.0)
+    prompts = np.array([[1, 2, 3], [4, 5, 6]], np.int32)
+    kwargs = dict(max_new_tokens=5, branching=(2, 1), verify="traversal")
+    tree_speculative_sample(target, draft, prompts, key=jax.random.key(0), temperature=0.9, **kwargs)
+    before = tree_speculative._generate._cache_size()
+    tree_speculative_sample(
+        target, draft, prompts + 7, key=jax.random.key(1), prompt_lengths=[2, 3], temperature=0.5, top_k=4, **kwargs
+    )
+    assert tree_speculative._generate._cache_size() == before
+    chain = dict(max_new_tokens=5, num_draft_tokens=3)
+    speculative_sample(target, draft, prompts, key=jax.random.key(0), min_draft_confidence=0.2, **chain)
+    before = speculative._generate._cache_size()
+    speculative_sample(target, draft, prompts, key=jax.random.key(1), min_draft_confidence=0.7, **chain)
+    assert speculative._generate._cache_size() == before
