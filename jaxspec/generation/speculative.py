@@ -46,7 +46,6 @@ from jaxspec.generation.inputs import (
     check_eos,
     check_positive_int,
     check_probability,
-    is_integer,
     prepare_prompts,
     row_settings,
 )
@@ -139,7 +138,6 @@ class _Spec:
     eos_token_id: int | None
     pad_token_id: int
     vocab_size: int
-    dynamic_length: bool = False
 
 
 @flax.struct.dataclass
@@ -192,7 +190,8 @@ def _generate(
             target, state.target_cache, seqs, drafts_BxK, target_sampling, spec.vocab_size
         )
         # 3. Accept (sampling/accept.py); with dynamic length, past each row's own number of drafts.
-        num_drafts_B = confident_length(q_BxKxV, min_confidence) if spec.dynamic_length else None
+        # min_confidence is None (fixed K) or a traced scalar: which one is known when tracing.
+        num_drafts_B = None if min_confidence is None else confident_length(q_BxKxV, min_confidence)
         verdict = accept.verification_rule(spec.verify)(verify_key, drafts_BxK, q_BxKxV, p_BxK1xV, num_drafts_B)
         n_B = verdict.num_accepted
         # The round used p_0..p_n. If one of them had no distribution (see
@@ -406,7 +405,6 @@ def speculative_sample(
         eos_token_id=check_eos(eos_token_id, vocab),
         pad_token_id=int(pad_token_id),
         vocab_size=vocab,
-        dynamic_length=min_confidence is not None,
     )
     return _generate(
         target,
@@ -421,23 +419,26 @@ def speculative_sample(
 
 
 def _tree_call(target, draft, prompt_ids, tree, num_draft_tokens, verify, min_draft_confidence, **kwargs):
-    """`speculative_sample(tree=...)`: the chain-only arguments checked, then `tree_speculative_sample`."""
-    from jaxspec.generation.tree_speculative import TREE_VERIFICATION_RULES, tree_speculative_sample
+    """`speculative_sample(tree=...)`: the chain-only arguments checked, then `tree_speculative_sample`
+    (which checks the branching and the rule)."""
+    from jaxspec.generation.tree_speculative import tree_speculative_sample
+    from jaxspec.sampling.tree import TreeSpec
 
-    branching = tuple(tree) if isinstance(tree, (tuple, list)) else None
-    if not branching or not all(is_integer(b) and b >= 1 for b in branching):
-        raise ValueError(f"tree={tree!r} must be a tuple of branchings >= 1, one per depth, e.g. (2, 2, 1).")
-    if num_draft_tokens is not None and num_draft_tokens != len(branching):
+    try:
+        shape = TreeSpec(tuple(tree))
+    except (TypeError, ValueError) as err:
         raise ValueError(
-            f"num_draft_tokens={num_draft_tokens} disagrees with tree={branching} (depth {len(branching)}): "
+            f"tree={tree!r} must be a tuple of branchings >= 1, one per depth, e.g. (2, 2, 1): {err}"
+        ) from None
+    if num_draft_tokens is not None and num_draft_tokens != shape.depth:
+        raise ValueError(
+            f"num_draft_tokens={num_draft_tokens} disagrees with tree={shape.branching} (depth {shape.depth}): "
             "a tree's depth is its number of draft tokens per round; leave num_draft_tokens out."
         )
     if min_draft_confidence is not None:
         raise ValueError("min_draft_confidence applies to chains; a tree's shape is fixed by tree=...")
     verify = "traversal" if verify is None else verify
-    if verify not in TREE_VERIFICATION_RULES:
-        raise ValueError(f"verify={verify!r} is not a tree rule; use one of {sorted(TREE_VERIFICATION_RULES)}.")
-    return tree_speculative_sample(target, draft, prompt_ids, branching=branching, verify=verify, **kwargs)
+    return tree_speculative_sample(target, draft, prompt_ids, branching=shape.branching, verify=verify, **kwargs)
 
 
 def draft_settings(

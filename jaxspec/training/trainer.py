@@ -233,14 +233,15 @@ def train(
             now = time.perf_counter()
             elapsed = now - start
             eta = elapsed / i * (total_steps - i)
+            # The first window includes compiling the real step (the probe compiled a plain AdamW): not a slowdown.
+            first_window = window_step == 0
             window_rate = (i - window_step) * batch_size * context / (now - window_start)
             window_start, window_step = now, i
             log(
                 f"step {i}/{total_steps} loss {float(loss):.3f} lr {float(schedule(i)):.2e} "
                 f"{i * batch_size * context / elapsed:,.0f} tok/s ETA {eta / 60:.1f} min"
             )
-            # The first window includes compiling the real step (the probe compiled a plain AdamW): not a slowdown.
-            if i > 50 and window_rate < SLOW_FRACTION * probe_rate:
+            if not first_window and window_rate < SLOW_FRACTION * probe_rate:
                 log(
                     f"WARNING: {window_rate:,.0f} tok/s over the last steps is {window_rate / probe_rate:.0%} of the "
                     f"probe's {probe_rate:,.0f}: another process is using the cores, so this run will get fewer "
