@@ -118,6 +118,9 @@ def test_saved_corpus_round_trips_and_extra_text_avoids_heldout_names(tmp_path):
     first = tokenizer(training.read_texts(heldout_files[:1]), add_special_tokens=False)["input_ids"][0][:3]
     assert document_prompts(heldout, eos, 1, 3).tolist() == [first]
     assert StreamPromptSource(train, 5, np.random.default_rng(0)).sample(3).shape == (3, 5)
+    np.savez(tmp_path / "other.npz", train=train)
+    with pytest.raises(ValueError, match=r"other.npz is not a corpus written by save_corpus \(missing heldout"):
+        training.data.load_corpus(str(tmp_path / "other.npz"), str(tmp_path / "tok2"))
 
     extra = tmp_path / "site"
     extra.mkdir()

@@ -120,9 +120,18 @@ def load_corpus(path: str, tokenizer_dir: str) -> tuple[np.ndarray, np.ndarray, 
     """(train int32 [T], held-out int32 [H], metadata) from a `save_corpus` file.
 
     The corpus's tokenizer files are written to `tokenizer_dir`.
+
+    Raises:
+      ValueError: `path` is an .npz without a saved corpus's arrays.
     """
     os.makedirs(tokenizer_dir, exist_ok=True)
     with np.load(path) as f:
+        needed = {"train", "heldout", "heldout_names", "train_files"} | {"tokenizer/" + n for n in TOKENIZER_FILES}
+        if missing := sorted(needed - set(f.files)):
+            raise ValueError(
+                f"{path} is not a corpus written by save_corpus (missing {', '.join(missing)}); write one with "
+                "`python experiments/train_pair.py --save_corpus PATH`"
+            )
         for f_name in TOKENIZER_FILES:
             with open(os.path.join(tokenizer_dir, f_name), "w") as fh:
                 fh.write(str(f["tokenizer/" + f_name]))
