@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from jaxspec.models.cache import KVCache
 from jaxspec.models.config import DecoderConfig
-from jaxspec.models.layers import ACTIVATIONS, INIT, Dense, attend, lm_logits, write_rows
+from jaxspec.models.layers import ACTIVATIONS, INIT, Dense, attend, layer_cache, lm_logits, write_layer_rows
 from jaxspec.models.tree_attention import TreeAttention, positions_and_mask
 
 
@@ -48,18 +48,19 @@ class Block(nn.Module):
         )
 
     @nn.compact
-    def __call__(self, h_BxTxD, kv, attn_inputs):
+    def __call__(self, carry, layer, attn_inputs):
         """Args:
-          h_BxTxD: residual stream of the new tokens.
-          kv: (keys, values) of this layer, each [B, S, H, Dh].
+          carry: (h_BxTxD, keys, values): the residual stream of the new tokens
+            and every layer's cache, each [L, B, S, H, Dh].
+          layer: int32 scalar, this block's index into the cache.
           attn_inputs: (mask_Bx1xTxS bool, start_B int32) shared by all layers.
 
         Returns:
-          (h_BxTxD, (keys, values)) with this call's keys/values written.
+          ((h_BxTxD, keys, values), None) with this call's keys/values written at `layer`.
         """
         cfg = self.config
         mask_Bx1xTxS, start_B = attn_inputs
-        k_cache, v_cache = kv
+        h_BxTxD, keys, values = carry
         batch, length, _ = h_BxTxD.shape
 
         residual = h_BxTxD
@@ -68,9 +69,9 @@ class Block(nn.Module):
         # of its 3D outputs holds whole heads of q, k and v.
         qkv_BxTxHx3xD = self._dense(3 * cfg.hidden_size, "qkv")(x).reshape(batch, length, cfg.num_heads, 3, -1)
         q_BxTxHxD, k_BxTxHxD, v_BxTxHxD = (qkv_BxTxHx3xD[:, :, :, i] for i in range(3))
-        k_cache = write_rows(k_cache, k_BxTxHxD, start_B)
-        v_cache = write_rows(v_cache, v_BxTxHxD, start_B)
-        attn_BxTxHxD = attend(q_BxTxHxD, k_cache, v_cache, mask_Bx1xTxS, self.dtype)
+        keys = write_layer_rows(keys, layer, k_BxTxHxD, start_B)
+        values = write_layer_rows(values, layer, v_BxTxHxD, start_B)
+        attn_BxTxHxD = attend(q_BxTxHxD, layer_cache(keys, layer), layer_cache(values, layer), mask_Bx1xTxS, self.dtype)
         attn = self._dense(cfg.hidden_size, "attn_out")(attn_BxTxHxD.reshape(batch, length, -1))
         h = residual + attn
         if not cfg.pre_layer_norm:
@@ -82,7 +83,7 @@ class Block(nn.Module):
         h = residual + self._dense(cfg.hidden_size, "fc_out")(x)
         if not cfg.pre_layer_norm:
             h = self._layer_norm("ln_mlp")(h)
-        return h, (k_cache, v_cache)
+        return (h, keys, values), None
 
 
 class Decoder(nn.Module):
@@ -164,7 +165,8 @@ class Decoder(nn.Module):
             in_axes=(0, nn.broadcast),
             length=cfg.num_layers,
         )(cfg, self.dtype, name="blocks")
-        h, (keys, values) = blocks(h, (cache.keys, cache.values), (mask_Bx1xTxS, start_B))
+        layers = jnp.arange(cfg.num_layers, dtype=jnp.int32)
+        (h, keys, values), _ = blocks((h, cache.keys, cache.values), layers, (mask_Bx1xTxS, start_B))
 
         if cfg.final_layer_norm:
             h = nn.LayerNorm(

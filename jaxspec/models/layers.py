@@ -42,13 +42,27 @@ class Dense(nn.Dense):
         return y
 
 
-def write_rows(cache_BxSxHxD: jax.Array, new_BxTxHxD: jax.Array, start_B: jax.Array) -> jax.Array:
-    """Writes each row's T new entries at its own start slot."""
+def layer_cache(cache_LxBxSxHxD: jax.Array, layer: jax.Array) -> jax.Array:
+    """The [B, S, H, Dh] keys (or values) of layer `layer` (an int32 scalar, traced inside the layer scan)."""
+    return jax.lax.dynamic_index_in_dim(cache_LxBxSxHxD, layer, axis=0, keepdims=False)
 
-    def write_row(cache_SxHxD, new_TxHxD, start):
-        return jax.lax.dynamic_update_slice(cache_SxHxD, new_TxHxD, (start, 0, 0))
 
-    return jax.vmap(write_row)(cache_BxSxHxD, new_BxTxHxD.astype(cache_BxSxHxD.dtype), start_B)
+def write_layer_rows(
+    cache_LxBxSxHxD: jax.Array, layer: jax.Array, new_BxTxHxD: jax.Array, start_B: jax.Array
+) -> jax.Array:
+    """Writes layer `layer`'s T new entries of each row at the row's start slot; returns the whole cache.
+
+    The layer scan carries the stacked [L, B, S, H, Dh] cache and writes only
+    the new slots, which XLA does in place. (Scanning over the cache as input
+    and stacking it again as output instead costs a zero-filled output buffer
+    and full copies of every layer's keys and values on every call: time that
+    grows with the cache's size, not with the tokens written.)
+    """
+
+    batch, length = new_BxTxHxD.shape[:2]
+    rows_Bx1 = jnp.arange(batch)[:, None]
+    slots_BxT = start_B[:, None] + jnp.arange(length)[None, :]
+    return cache_LxBxSxHxD.at[layer, rows_Bx1, slots_BxT].set(new_BxTxHxD.astype(cache_LxBxSxHxD.dtype), mode="drop")
 
 
 def attend(

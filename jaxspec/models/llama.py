@@ -19,7 +19,7 @@ import jax.numpy as jnp
 
 from jaxspec.models.cache import KVCache
 from jaxspec.models.config import DecoderConfig
-from jaxspec.models.layers import ACTIVATIONS, INIT, Dense, attend, lm_logits, write_rows
+from jaxspec.models.layers import ACTIVATIONS, INIT, Dense, attend, layer_cache, lm_logits, write_layer_rows
 from jaxspec.models.rope import apply_rope, rotary_tables
 from jaxspec.models.tree_attention import TreeAttention, positions_and_mask
 
@@ -48,18 +48,19 @@ class LlamaBlock(nn.Module):
         return Dense(features, use_bias=bias, dtype=self.dtype, param_dtype=self.dtype, kernel_init=INIT, name=name)
 
     @nn.compact
-    def __call__(self, h_BxTxD, kv, attn_inputs):
+    def __call__(self, carry, layer, attn_inputs):
         """Args:
-          h_BxTxD: residual stream of the new tokens.
-          kv: (keys, values) of this layer, each [B, S, K, Dh].
+          carry: (h_BxTxD, keys, values): the residual stream of the new tokens
+            and every layer's cache, each [L, B, S, K, Dh].
+          layer: int32 scalar, this block's index into the cache.
           attn_inputs: (mask_Bx1xTxS, start_B, cos_BxTx1xD, sin_BxTx1xD) shared by all layers.
 
         Returns:
-          (h_BxTxD, (keys, values)) with this call's keys/values written.
+          ((h_BxTxD, keys, values), None) with this call's keys/values written at `layer`.
         """
         cfg = self.config
         mask_Bx1xTxS, start_B, cos, sin = attn_inputs
-        k_cache, v_cache = kv
+        h_BxTxD, keys, values = carry
         batch, length, _ = h_BxTxD.shape
         heads = lambda x, n: x.reshape(batch, length, n, cfg.head_dim)  # noqa: E731
 
@@ -68,9 +69,9 @@ class LlamaBlock(nn.Module):
         k_BxTxKxD = heads(self._dense(cfg.num_kv_heads * cfg.head_dim, "k", cfg.qkv_bias)(x), cfg.num_kv_heads)
         v_BxTxKxD = heads(self._dense(cfg.num_kv_heads * cfg.head_dim, "v", cfg.qkv_bias)(x), cfg.num_kv_heads)
         q_BxTxHxD, k_BxTxKxD = apply_rope(q_BxTxHxD, cos, sin), apply_rope(k_BxTxKxD, cos, sin)
-        k_cache = write_rows(k_cache, k_BxTxKxD, start_B)
-        v_cache = write_rows(v_cache, v_BxTxKxD, start_B)
-        attn_BxTxHxD = attend(q_BxTxHxD, k_cache, v_cache, mask_Bx1xTxS, self.dtype)
+        keys = write_layer_rows(keys, layer, k_BxTxKxD, start_B)
+        values = write_layer_rows(values, layer, v_BxTxKxD, start_B)
+        attn_BxTxHxD = attend(q_BxTxHxD, layer_cache(keys, layer), layer_cache(values, layer), mask_Bx1xTxS, self.dtype)
         attn = self._dense(cfg.hidden_size, "attn_out", cfg.attn_out_bias)(attn_BxTxHxD.reshape(batch, length, -1))
         h = h_BxTxD + attn
 
@@ -78,7 +79,7 @@ class LlamaBlock(nn.Module):
         gate = ACTIVATIONS[cfg.activation](self._dense(cfg.ffn_size, "fc_gate", cfg.use_bias)(x))
         up = self._dense(cfg.ffn_size, "fc_in", cfg.use_bias)(x)
         h = h + self._dense(cfg.hidden_size, "fc_out", cfg.use_bias)(gate * up)
-        return h, (k_cache, v_cache)
+        return (h, keys, values), None
 
 
 class LlamaDecoder(nn.Module):
@@ -129,7 +130,8 @@ class LlamaDecoder(nn.Module):
             in_axes=(0, nn.broadcast),
             length=cfg.num_layers,
         )(cfg, self.dtype, name="blocks")
-        h, (keys, values) = blocks(h, (cache.keys, cache.values), (mask_Bx1xTxS, start_B, cos, sin))
+        layers = jnp.arange(cfg.num_layers, dtype=jnp.int32)
+        (h, keys, values), _ = blocks((h, cache.keys, cache.values), layers, (mask_Bx1xTxS, start_B, cos, sin))
 
         h = RMSNorm(cfg.layer_norm_eps, self.dtype, name="ln_final")(h)
         logits = lm_logits(h, embed, cfg.tie_word_embeddings, cfg.vocab_size, self.dtype)
