@@ -86,6 +86,9 @@ flags.register_validator(
 flags.DEFINE_integer("N", 64, "New tokens per row.", lower_bound=1)
 flags.DEFINE_integer("prompt_tokens", 32, "Prompt length (tokens) cut from held-out files.")
 flags.DEFINE_integer("num_runs", 3, "Timed runs per cell (each with another prompt).", lower_bound=1)
+flags.DEFINE_integer(
+    "repeats", 1, "Timed calls per run (same prompt and seed), the fastest kept (sweep mode).", lower_bound=1
+)
 flags.DEFINE_list(
     "size_pairs",
     ["gpt2:gpt2-medium", "gpt2:gpt2-large", "opt-125m:opt-1.3b"],

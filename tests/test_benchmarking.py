@@ -2,6 +2,7 @@
 
 import dataclasses
 import doctest
+import time
 import types
 
 import jax.numpy as jnp
@@ -68,6 +69,23 @@ def test_time_interleaved_order_seeds_and_results():
     assert len(out["a"]["times_s"]) == 2 and out["a"]["compile_and_first_s"] >= 0
     assert benchmarking.mean_std([1.0, 3.0]) == pytest.approx((2.0, np.sqrt(2)))
     assert benchmarking.mean_std([5.0]) == (5.0, 0.0)
+
+
+def test_time_interleaved_repeats_keep_each_runs_fastest_call():
+    calls = []
+
+    def hiccup_on_first_call_of_a_run(seed):
+        first = not calls or calls[-1] != seed
+        calls.append(seed)
+        if first:
+            time.sleep(0.05)  # the stretched call a repeat should discard
+        return jnp.asarray(seed)
+
+    out = benchmarking.time_interleaved({"m": hiccup_on_first_call_of_a_run}, num_runs=2, repeats=3)
+    assert calls == [10_000, 0, 0, 0, 1, 1, 1]
+    assert max(out["m"]["times_s"]) < 0.05
+    once = benchmarking.time_interleaved({"m": hiccup_on_first_call_of_a_run}, num_runs=1, warmup=0)
+    assert once["m"]["times_s"][0] >= 0.05
 
 
 def test_tables_and_report_files(tmp_path):
@@ -235,11 +253,13 @@ def test_from_flags_reads_each_field_from_its_flag():
         N=8,
         prompt_tokens=4,
         num_runs=1,
+        repeats=2,
     )
     flag_values = {name: types.SimpleNamespace(value=v) for name, v in values.items()}
     config = benchmarking.from_flags(sweeps.BenchmarkConfig, flag_values, size_pairs=("gpt2:gpt2",))
     assert config.K == (1, 3) and config.temperatures == (0.0, 0.5) and config.batch_sizes == (2,)
     assert config.verify == ("block",) and config.size_pairs == ("gpt2:gpt2",) and config.mode == "size"
+    assert config.repeats == 2
     with pytest.raises(KeyError):
         benchmarking.from_flags(sweeps.BenchmarkConfig, flag_values)  # no size_pairs flag
 

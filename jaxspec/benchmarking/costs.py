@@ -53,21 +53,28 @@ def _call_loop(model, cache, tokens_BxT, reps: int):
     return jax.lax.fori_loop(0, reps, body, (cache, jnp.float32(0)))
 
 
-def call_loop(model, batch: int, chunk: int, position: int, reps: int) -> Callable[[], tuple]:
+def call_loop(
+    model, batch: int, chunk: int, position: int, reps: int, capacity: int | None = None
+) -> Callable[[], tuple]:
     """A no-argument function that runs `reps` forwards of `chunk` tokens per row at cache `position`.
 
     The calls run inside one jitted `fori_loop` (the way the generation loops
     call the model), so Python dispatch is not counted; time it with
-    `best_seconds` or `time_interleaved` and divide by `reps`.
+    `best_seconds` or `time_interleaved` and divide by `reps`. `capacity` is
+    the cache's slots (default position + chunk + 1): attention reads every
+    slot, so give the generation loop's capacity to cost its calls.
     """
-    cache = model.init_cache(batch, position + chunk + 1).with_lengths(jnp.full((batch,), position, jnp.int32))
+    capacity = position + chunk + 1 if capacity is None else capacity
+    if capacity < position + chunk:
+        raise ValueError(f"capacity={capacity} has no room for {chunk} tokens at position {position}")
+    cache = model.init_cache(batch, capacity).with_lengths(jnp.full((batch,), position, jnp.int32))
     tokens_BxT = jnp.ones((batch, chunk), jnp.int32)
     return lambda: _call_loop(model, cache, tokens_BxT, reps)
 
 
-def call_cost_ms(model, batch: int, chunk: int, position: int, reps: int = 20) -> float:
+def call_cost_ms(model, batch: int, chunk: int, position: int, reps: int = 20, capacity: int | None = None) -> float:
     """Milliseconds of one forward of `chunk` tokens per row at cache `position` (best of 3 `call_loop`s)."""
-    return 1000 * best_seconds(call_loop(model, batch, chunk, position, reps)) / reps
+    return 1000 * best_seconds(call_loop(model, batch, chunk, position, reps, capacity)) / reps
 
 
 def prefill_cost_ms(model, batch: int, prompt_tokens: int) -> float:
@@ -130,18 +137,26 @@ def tokens_per_round_tokenwise(alpha: float, k: int) -> float:
 def model_costs(target, draft, batch: int, prompt_tokens: int, max_new_tokens: int, ks) -> dict:
     """The model-call costs (ms) the loops pay, at the middle of the generated span.
 
+    Each call is timed with the cache capacity of the loop that makes it
+    (`autoregressive_sample`: prompt + N - 1 slots; `speculative_sample`:
+    prompt + N + K - 1, the draft's at the largest K).
+
     Returns:
       dict with target_step_ms, draft_step_ms, draft_first_ms (the 2-token
       catch-up step), target_prefill_ms, draft_prefill_ms, and verify_ms {K: ms}.
     """
     position = prompt_tokens + max_new_tokens // 2
+    # (At least room for the timed call itself: a loop of N = 1 never makes a call in mid-span.)
+    ar_capacity = max(prompt_tokens + max_new_tokens - 1, position + 1)
+    spec_capacity = {int(k): max(prompt_tokens + max_new_tokens + int(k) - 1, position + int(k) + 1) for k in ks}
+    draft_capacity = max(*spec_capacity.values(), position + 2)
     return dict(
-        target_step_ms=call_cost_ms(target, batch, 1, position),
-        draft_step_ms=call_cost_ms(draft, batch, 1, position),
-        draft_first_ms=call_cost_ms(draft, batch, 2, position),
+        target_step_ms=call_cost_ms(target, batch, 1, position, capacity=ar_capacity),
+        draft_step_ms=call_cost_ms(draft, batch, 1, position, capacity=draft_capacity),
+        draft_first_ms=call_cost_ms(draft, batch, 2, position, capacity=draft_capacity),
         target_prefill_ms=prefill_cost_ms(target, batch, prompt_tokens),
         draft_prefill_ms=prefill_cost_ms(draft, batch, prompt_tokens),
-        verify_ms={int(k): call_cost_ms(target, batch, int(k) + 1, position) for k in ks},
+        verify_ms={k: call_cost_ms(target, batch, k + 1, position, capacity=c) for k, c in spec_capacity.items()},
     )
 
 

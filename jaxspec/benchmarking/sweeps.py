@@ -65,6 +65,7 @@ class BenchmarkConfig:
       N: new tokens per row.
       prompt_tokens: prompt length (tokens) cut from held-out files.
       num_runs: timed runs per cell (each with another prompt).
+      repeats: timed calls per run, the fastest kept (`timing.time_interleaved`).
       size_pairs: draft:target names of `sizes.HF_SIZES` (size mode).
     """
 
@@ -82,6 +83,7 @@ class BenchmarkConfig:
     N: int = 64
     prompt_tokens: int = 32
     num_runs: int = 3
+    repeats: int = 1
     size_pairs: tuple[str, ...] = ("gpt2:gpt2-medium", "gpt2:gpt2-large", "opt-125m:opt-1.3b")
 
 
@@ -256,7 +258,7 @@ def sweep(config: BenchmarkConfig, log: Callable[[str], None]) -> dict:
 
             proposals = {f"K={k} {v}": (draft, k, v) for k in ks for v in rules}
             methods = decode_methods(target, batch_of, proposals, max_new_tokens=n, temperature=t)
-            timings, results = time_interleaved(methods, config.num_runs, keep_results=True)
+            timings, results = time_interleaved(methods, config.num_runs, keep_results=True, repeats=config.repeats)
             for k in ks:
                 for v in rules:
                     loop = costs.loop_costs(model_costs[b], overheads[b, k, v], k)
