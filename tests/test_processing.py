@@ -268,11 +268,19 @@ def _near_top_p_boundary(logits, config):
     return False
 
 
+# The generated cases run one compiled program with the settings traced (a
+# `SamplingParams`, the path every loop takes; a `SamplingConfig` is converted
+# to the same): called eagerly, each new config re-traced the filter's
+# branches (~0.4 s an example).
+_traced_logprobs = jax.jit(processed_logprobs)
+_traced_probs = jax.jit(processed_probs)
+
+
 @settings(deadline=None, max_examples=150, derandomize=True)
 @given(logits=_logits, config=_configs)
 def test_matches_float64_reference(logits, config):
     assume(not _near_top_p_boundary(logits, config))
-    out = np.asarray(processed_logprobs(logits, config))
+    out = np.asarray(_traced_logprobs(logits, config.as_params()))
     ref = _reference_logprobs(logits, config.temperature, config.top_k, config.top_p)
     np.testing.assert_array_equal(np.isfinite(out), np.isfinite(ref))
     np.testing.assert_allclose(out[np.isfinite(out)], ref[np.isfinite(ref)], atol=1e-5)
@@ -352,7 +360,7 @@ def test_filters_at_gpt2_vocabulary_match_float64_reference(temperature, top_k, 
 @settings(deadline=None, max_examples=100, derandomize=True)
 @given(logits=_logits, config=_configs, seed=st.integers(0, 2**31 - 1))
 def test_invariants(logits, config, seed):
-    probs = np.asarray(processed_probs(logits, config))
+    probs = np.asarray(_traced_probs(logits, config.as_params()))
     kept = probs > 0
     assert kept.sum() >= 1
     np.testing.assert_allclose(probs.sum(), 1.0, atol=1e-6)
@@ -363,7 +371,7 @@ def test_invariants(logits, config, seed):
     if not config.is_greedy:
         # Tie rule makes the kept set a function of values, not positions.
         perm = np.random.default_rng(seed).permutation(logits.size)
-        permuted = np.asarray(processed_probs(logits[perm], config))
+        permuted = np.asarray(_traced_probs(logits[perm], config.as_params()))
         np.testing.assert_allclose(permuted, probs[perm], atol=1e-7)
 
 
