@@ -18,7 +18,8 @@ from jaxspec.testing import random_model, tiny_config
 LAYERS, SLOTS = 3, 37  # a cache shape no other array of these models has
 
 
-def _decode_loop_hlo(family: str) -> tuple[str, str]:
+def _decode_loop_hlo(family: str, chunk: int) -> tuple[str, str]:
+    """Compiled HLO of a loop of calls of `chunk` tokens per row (1: decoding; K + 1: verification)."""
     config = tiny_config(family, vocab_size=64, num_layers=LAYERS, max_positions=64)
     model = random_model(config, seed=0)
     cache = model.init_cache(2, SLOTS)
@@ -26,19 +27,21 @@ def _decode_loop_hlo(family: str) -> tuple[str, str]:
     @jax.jit
     def decode(model, cache):
         def body(_, carry):
-            cache, token = carry
-            logits, cache = model(token, cache)
-            return cache, jnp.argmax(logits[:, -1:], axis=-1).astype(jnp.int32)
+            cache, tokens = carry
+            logits, new_cache = model(tokens, cache)
+            # A verification-like step: keep one token of the chunk, as a rollback would.
+            return new_cache.with_lengths(cache.lengths + 1), jnp.argmax(logits, axis=-1).astype(jnp.int32)
 
-        return jax.lax.fori_loop(0, 8, body, (cache, jnp.zeros((2, 1), jnp.int32)))
+        return jax.lax.fori_loop(0, 8, body, (cache, jnp.zeros((2, chunk), jnp.int32)))
 
     shape = ",".join(str(d) for d in cache.keys.shape)
     return decode.lower(model, cache).compile().as_text(), f"f32[{shape}]"
 
 
+@pytest.mark.parametrize("chunk", [1, 4])
 @pytest.mark.parametrize("family", ["gpt2", "opt", "llama"])
-def test_decode_loop_never_copies_the_whole_cache(family):
-    hlo, cache_type = _decode_loop_hlo(family)
+def test_decode_loop_never_copies_the_whole_cache(family, chunk):
+    hlo, cache_type = _decode_loop_hlo(family, chunk)
     in_loop = [
         line
         for name, lines in hlo_computations(hlo).items()

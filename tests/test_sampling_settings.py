@@ -49,15 +49,21 @@ _row_settings = st.tuples(
 )
 
 
-@settings(deadline=None, max_examples=12, derandomize=True)  # 4 rows each: 48 settings; ~2 s per example
+# One compiled program per settings shape ([4] per-row, [] one config): called
+# eagerly, each new setting re-traced the filter's branches (~2 s an example).
+_jit_probs = jax.jit(processed_probs)
+
+
+@settings(deadline=None, max_examples=12, derandomize=True)  # 4 rows each: 48 settings
 @given(rows=st.lists(_row_settings, min_size=4, max_size=4), seed=st.integers(0, 1000))
 def test_per_row_params_equal_each_rows_static_config(rows, seed):
     logits = np.random.default_rng(seed).normal(size=(4, 3, 11)).astype(np.float32) * 3
     logits[1, 0, :4] = logits[1, 0, 4]  # exact ties
     t, k, p = (np.array(col) for col in zip(*rows))
-    batched = np.asarray(processed_probs(logits, sampling_params(t, k, p, 4)))
+    batched = np.asarray(_jit_probs(logits, sampling_params(t, k, p, 4)))
     for i, (ti, ki, pi) in enumerate(rows):
-        single = np.asarray(processed_probs(logits[i], SamplingConfig(temperature=ti, top_k=ki, top_p=pi)))
+        config = SamplingConfig(temperature=ti, top_k=ki, top_p=pi)
+        single = np.asarray(_jit_probs(logits[i], config.as_params()))
         np.testing.assert_allclose(batched[i], single, atol=1e-6, err_msg=f"row {i}: {rows[i]}")
 
 
