@@ -89,6 +89,12 @@ flags.DEFINE_integer("num_runs", 3, "Timed runs per cell (each with another prom
 flags.DEFINE_integer(
     "repeats", 1, "Timed calls per run (same prompt and seed), the fastest kept (sweep mode).", lower_bound=1
 )
+flags.DEFINE_integer(
+    "prompts_per_file",
+    1,
+    "Held-out prompts cut from each file (sweep mode; standard errors cluster them by file).",
+    lower_bound=1,
+)
 flags.DEFINE_list(
     "size_pairs",
     ["gpt2:gpt2-medium", "gpt2:gpt2-large", "opt-125m:opt-1.3b"],

@@ -116,6 +116,30 @@ def test_heldout_prompts_and_a_clear_error_on_a_shortfall():
     np.testing.assert_array_equal(np.sort(sets["shuffled"], axis=1), np.sort(sets["code"], axis=1))
 
 
+def test_several_prompts_per_file_and_their_cluster_standard_error():
+    one = benchmarking.heldout_prompts(_CharTokenizer(), 3, 16)
+    got = benchmarking.heldout_prompts(_CharTokenizer(), 5, 16, per_file=2, spacing=40)
+    assert got.shape == (5, 16)
+    # Rows 0 and 1 come from one file: its start, then 40 tokens in; different files after.
+    assert prompts.prompt_files(5, per_file=2).tolist() == [0, 0, 1, 1, 2]
+    assert len({tuple(row) for row in got}) == 5 and tuple(got[0]) != tuple(got[2])
+    if tuple(one[0]) == tuple(got[0]):  # the first file is long enough for both: same start
+        assert tuple(got[1]) != tuple(got[0])
+    with pytest.raises(ValueError, match="spacing=8 must be >= length=16"):
+        benchmarking.heldout_prompts(_CharTokenizer(), 2, 16, per_file=2, spacing=8)
+    with pytest.raises(ValueError, match="or fewer per file"):
+        benchmarking.heldout_prompts(_CharTokenizer(), 2, 16, per_file=2, spacing=10_000_000)
+    # Two identical halves: as independent runs the error halves by sqrt(2); as clusters of the
+    # two copies of each run it is the error of the distinct runs.
+    ratios = np.array([1.0, 2.0, 4.0, 3.0])
+    distinct = metrics.paired_speedup(ratios, np.ones(4))["speedup_se"]
+    doubled = np.concatenate([ratios, ratios])
+    naive = metrics.paired_speedup(doubled, np.ones(8))["speedup_se"]
+    clustered = metrics.paired_speedup(doubled, np.ones(8), clusters=np.tile(np.arange(4), 2))["speedup_se"]
+    assert naive < 0.8 * distinct
+    assert clustered == pytest.approx(distinct, rel=1e-12)
+
+
 def test_cost_model_closed_forms():
     assert costs.tokens_per_round_tokenwise(0.0, 4) == 1.0
     assert costs.tokens_per_round_tokenwise(1.0, 4) == 5.0
@@ -254,12 +278,13 @@ def test_from_flags_reads_each_field_from_its_flag():
         prompt_tokens=4,
         num_runs=1,
         repeats=2,
+        prompts_per_file=3,
     )
     flag_values = {name: types.SimpleNamespace(value=v) for name, v in values.items()}
     config = benchmarking.from_flags(sweeps.BenchmarkConfig, flag_values, size_pairs=("gpt2:gpt2",))
     assert config.K == (1, 3) and config.temperatures == (0.0, 0.5) and config.batch_sizes == (2,)
     assert config.verify == ("block",) and config.size_pairs == ("gpt2:gpt2",) and config.mode == "size"
-    assert config.repeats == 2
+    assert config.repeats == 2 and config.prompts_per_file == 3
     with pytest.raises(KeyError):
         benchmarking.from_flags(sweeps.BenchmarkConfig, flag_values)  # no size_pairs flag
 

@@ -73,8 +73,12 @@ def call_loop(
 
 
 def call_cost_ms(model, batch: int, chunk: int, position: int, reps: int = 20, capacity: int | None = None) -> float:
-    """Milliseconds of one forward of `chunk` tokens per row at cache `position` (best of 3 `call_loop`s)."""
-    return 1000 * best_seconds(call_loop(model, batch, chunk, position, reps, capacity)) / reps
+    """Milliseconds of one forward of `chunk` tokens per row at cache `position` (best of 7 `call_loop`s).
+
+    Best of 7, not 3: single timings here stretch by up to 2x now and then, and
+    a verify cost measured once high skewed a whole sweep column's prediction.
+    """
+    return 1000 * best_seconds(call_loop(model, batch, chunk, position, reps, capacity), repeats=7) / reps
 
 
 def prefill_cost_ms(model, batch: int, prompt_tokens: int) -> float:

@@ -63,22 +63,35 @@ def accepted_per_round_by_row(result) -> np.ndarray:
     return np.asarray(result.num_accepted, np.float64) / np.asarray(result.num_rounds, np.float64)
 
 
-def paired_speedup(baseline_times_s, times_s) -> dict:
+def paired_speedup(baseline_times_s, times_s, clusters=None) -> dict:
     """Speedup over a baseline measured pairwise, run by run (the same prompt and key in both).
+
+    Args:
+      baseline_times_s, times_s: [n] seconds of each run.
+      clusters: optional [n] labels of runs that are not independent (prompts
+        cut from one file); the standard error is then the cluster-robust one
+        (runs of a cluster pooled before their spread is taken). None: every
+        run is its own cluster.
 
     Returns:
       dict with speedup (the median of the per-run ratios baseline / time),
-      speedup_mean and speedup_se (the mean's standard error; 0 for one run).
+      speedup_mean and speedup_se (the mean's standard error; 0 for one run or one cluster).
 
     >>> paired_speedup([2.0, 4.0, 3.0], [1.0, 1.0, 1.0])["speedup"]
     3.0
+    >>> round(paired_speedup([2.0, 4.0, 3.0, 3.0], [1.0] * 4, clusters=[0, 0, 1, 1])["speedup_se"], 6)
+    0.0
     """
-    ratios = np.asarray(baseline_times_s) / np.asarray(times_s)
-    return dict(
-        speedup=float(np.median(ratios)),
-        speedup_mean=float(np.mean(ratios)),
-        speedup_se=float(np.std(ratios, ddof=1) / np.sqrt(len(ratios))) if len(ratios) > 1 else 0.0,
-    )
+    ratios = np.asarray(baseline_times_s, np.float64) / np.asarray(times_s, np.float64)
+    labels = np.arange(len(ratios)) if clusters is None else np.asarray(clusters)
+    _, cluster_of = np.unique(labels, return_inverse=True)
+    groups = int(cluster_of.max()) + 1 if len(ratios) else 0
+    se = 0.0
+    if groups > 1:
+        # CR1: sqrt(G / (G - 1) * sum over clusters of (sum of residuals)^2) / n; for singletons std / sqrt(n).
+        sums = np.bincount(cluster_of, weights=ratios - ratios.mean(), minlength=groups)
+        se = float(np.sqrt(groups / (groups - 1) * np.sum(sums**2)) / len(ratios))
+    return dict(speedup=float(np.median(ratios)), speedup_mean=float(np.mean(ratios)), speedup_se=se)
 
 
 def paired_difference(a, b) -> dict:

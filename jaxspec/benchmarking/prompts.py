@@ -8,28 +8,49 @@ import numpy as np
 DEFAULT_PROMPT = "import os\nimport sys\n\n\ndef main(argv):\n    "
 
 
-def heldout_prompts(tokenizer, count: int, length: int) -> np.ndarray:
-    """int32 [count, length]: the first `length` tokens of `count` distinct held-out files.
+def heldout_prompts(tokenizer, count: int, length: int, per_file: int = 1, spacing: int = 0) -> np.ndarray:
+    """int32 [count, length]: prompts cut from held-out files, `per_file` from each file in turn.
 
     The held-out files are those `train_pair` never trained on (the
     interpreter's standard library, split by path hash:
-    `jaxspec.training.split_files`).
+    `jaxspec.training.split_files`). A file gives its first `length` tokens,
+    and with `per_file` > 1 also the `length` tokens starting at `spacing`,
+    2 * `spacing`, ... (only files that long are used); rows i * per_file ..
+    (i + 1) * per_file - 1 come from one file (see `prompt_files`). Prompts of
+    one file are not independent draws: give `prompt_files(count, per_file)`
+    as the clusters of `metrics.paired_speedup`.
 
     Raises:
-      ValueError: fewer than `count` held-out files have `length` tokens.
+      ValueError: too few held-out files have the tokens asked for.
     """
     from jaxspec.training import data  # kept lazy: importing jaxspec.training imports optax
 
+    if per_file > 1 and spacing < length:
+        raise ValueError(f"spacing={spacing} must be >= length={length} so that one file's prompts do not overlap.")
+    needed = (per_file - 1) * spacing + length
     prompts = []
     for text in data.heldout_texts():
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        if len(ids) >= length:
-            prompts.append(ids[:length])
-        if len(prompts) == count:
+        if len(ids) >= needed:
+            prompts.extend(ids[j * spacing : j * spacing + length] for j in range(per_file))
+        if len(prompts) >= count:
             break
     if len(prompts) < count:
-        raise ValueError(f"only {len(prompts)} held-out files have {length} tokens; ask for fewer or shorter prompts.")
-    return np.asarray(prompts, np.int32)
+        fewer = " or fewer per file" if per_file > 1 else ""
+        raise ValueError(
+            f"only {len(prompts) // per_file} held-out files have {needed} tokens; ask for fewer or shorter prompts"
+            f"{fewer}."
+        )
+    return np.asarray(prompts[:count], np.int32)
+
+
+def prompt_files(count: int, per_file: int = 1) -> np.ndarray:
+    """int [count]: which held-out file each row of `heldout_prompts(..., count, per_file=per_file)` came from.
+
+    >>> prompt_files(5, per_file=2).tolist()
+    [0, 0, 1, 1, 2]
+    """
+    return np.arange(count) // per_file
 
 
 def ngram_prompt_sets(tokenizer, count: int, length: int, seed: int = 0) -> dict[str, np.ndarray]:

@@ -38,7 +38,7 @@ from jaxspec.benchmarking.metrics import (
     paired_difference,
     paired_speedup,
 )
-from jaxspec.benchmarking.prompts import heldout_prompts, ngram_prompt_sets
+from jaxspec.benchmarking.prompts import heldout_prompts, ngram_prompt_sets, prompt_files
 from jaxspec.benchmarking.sizes import sized_config
 from jaxspec.benchmarking.timing import mean_std, time_interleaved
 from jaxspec.models.model import init_model
@@ -66,6 +66,8 @@ class BenchmarkConfig:
       prompt_tokens: prompt length (tokens) cut from held-out files.
       num_runs: timed runs per cell (each with another prompt).
       repeats: timed calls per run, the fastest kept (`timing.time_interleaved`).
+      prompts_per_file: held-out prompts cut from each file (sweep mode); the
+        standard errors then treat one file's prompts as one cluster.
       size_pairs: draft:target names of `sizes.HF_SIZES` (size mode).
     """
 
@@ -84,6 +86,7 @@ class BenchmarkConfig:
     prompt_tokens: int = 32
     num_runs: int = 3
     repeats: int = 1
+    prompts_per_file: int = 1
     size_pairs: tuple[str, ...] = ("gpt2:gpt2-medium", "gpt2:gpt2-large", "opt-125m:opt-1.3b")
 
 
@@ -183,14 +186,19 @@ def _eta(done: int, total: int, start: float) -> str:
     return f"ETA {(time.perf_counter() - start) / done * (total - done) / 60:.1f} min"
 
 
-def sweep_row(timing: dict, results: list, ar: dict, loop: costs.LoopCosts, b: int, t: float, k: int, v: str) -> dict:
-    """One sweep cell: acceptance, measured speedup (paired per prompt) and the speedup the costs predict."""
+def sweep_row(
+    timing: dict, results: list, ar: dict, loop: costs.LoopCosts, b: int, t: float, k: int, v: str, clusters=None
+) -> dict:
+    """One sweep cell: acceptance, measured speedup (paired per prompt) and the speedup the costs predict.
+
+    `clusters` [num_runs]: the held-out file of each run's prompt (`prompts.prompt_files`).
+    """
     counts = acceptance_summary(results)
     alpha, tokens_per_round = counts["alpha_per_draft"], counts["tokens_per_target_call"]
     # The loop runs until its slowest row ends: that is the number of rounds it pays for.
     loop_rounds = float(np.mean([np.max(np.asarray(r.num_rounds)) for r in results]))
     n = int(np.max(np.asarray(results[0].lengths)))
-    speedup = paired_speedup(ar["times_s"], timing["times_s"])
+    speedup = paired_speedup(ar["times_s"], timing["times_s"], clusters)
     mean, std = mean_std(timing["times_s"])
     ar_mean, ar_std = mean_std(ar["times_s"])
     predicted = loop.predicted_speedup(n, k, n / loop_rounds)
@@ -222,7 +230,11 @@ def sweep_row(timing: dict, results: list, ar: dict, loop: costs.LoopCosts, b: i
 def sweep(config: BenchmarkConfig, log: Callable[[str], None]) -> dict:
     target, draft, tokenizer = _load_pair(config)
     ks, temps, batches, rules, n = config.K, config.temperatures, config.batch_sizes, config.verify, config.N
-    prompts = heldout_prompts(tokenizer, config.num_runs + 1, config.prompt_tokens)
+    per_file = config.prompts_per_file
+    prompts = heldout_prompts(
+        tokenizer, config.num_runs + 1, config.prompt_tokens, per_file=per_file, spacing=config.prompt_tokens + n
+    )
+    clusters = prompt_files(config.num_runs, per_file)  # run i decodes prompts[i]
     model_costs, overheads = {}, {}
     for b in batches:
         model_costs[b] = costs.model_costs(target, draft, b, config.prompt_tokens, n, ks)
@@ -263,7 +275,8 @@ def sweep(config: BenchmarkConfig, log: Callable[[str], None]) -> dict:
                 for v in rules:
                     loop = costs.loop_costs(model_costs[b], overheads[b, k, v], k)
                     name = f"K={k} {v}"
-                    rows.append(sweep_row(timings[name], results[name], timings["autoregressive"], loop, b, t, k, v))
+                    ar = timings["autoregressive"]
+                    rows.append(sweep_row(timings[name], results[name], ar, loop, b, t, k, v, clusters))
             # Each cell compiles 2 * len(K) loops that no later cell reuses. XLA:CPU keeps every
             # executable's code mapped, and the full sweep once ran out of memory maps (vm.max_map_count)
             # in its last cell: drop them.
