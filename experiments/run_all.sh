@@ -2,7 +2,7 @@
 # Regenerates every table of README.md's "Measured results" on the shipped pair, one script after another
 # (one line per start/end in results/logs/run_all.log; each script's own log beside it). Keep the machine idle:
 # the benchmarks time both methods interleaved, and other work on the cores widens their standard errors.
-#   bash experiments/run_all.sh            # ~70 min on 2 CPU cores
+#   bash experiments/run_all.sh            # ~100 min on 2 CPU cores (the batch-1 sweep alone ~40)
 #   bash experiments/run_all.sh compare ngram   # only the named steps
 set -uo pipefail
 export PYTHONUNBUFFERED=1  # each log shows its lines as they happen
@@ -11,7 +11,8 @@ PY=${PYTHON:-python}
 LOG=results/logs/run_all.log
 mkdir -p results/logs
 declare -A STEPS=(
-  [b1]="experiments/benchmark.py --batch_sizes 1 --temperatures 0,0.6 --K 2,3,4,5,6,8 --num_runs 32 --N 128 --out_dir results/benchmark_b1"
+  [b1]="experiments/benchmark.py --batch_sizes 1 --temperatures 0,0.6 --K 2,3,4,5,6,8 --verify block --num_runs 240 --prompts_per_file 3 --repeats 2 --N 128 --out_dir results/benchmark_b1"
+  [ab_cache]="experiments/ab_versions.py --baseline_commit a8dae95 --settings 0.6:0:1,0:0:1 --num_runs 16 --out_dir results/ab_cache"
   [compare]="experiments/compare.py --num_prompts 32 --output_json results/compare/compare.json"
   [compare_greedy]="experiments/compare.py --num_prompts 32 --temperature 0 --output_json results/compare/compare_greedy.json"
   [compare_tokenwise]="experiments/compare.py --num_prompts 32 --verify tokenwise --output_json results/compare/compare_tokenwise.json"
@@ -24,7 +25,7 @@ declare -A STEPS=(
   [load_test]="experiments/load_test.py --requests 200 --concurrency 16 --max_tokens 64 --serve_flags=--max_batch=16,--max_prompt_tokens=32,--token_buckets=64"
   [drafting]="experiments/drafting.py --num_prompts 24 --temperatures 0,0.6,1 --methods chain:block:5,chain:tokenwise:6,chain:block:6,tree:traversal:2x2,tree:recursive:2x2,tree:traversal:2x1x1,tree:recursive:2x1x1,dynamic:block:6:0.4,dynamic:block:8:0.4,dynamic:block:8:0.6"
 )
-ORDER=(b1 compare compare_greedy compare_tokenwise compare_topp acceptance ngram drafting vs_transformers quant load_test sweep)
+ORDER=(b1 ab_cache compare compare_greedy compare_tokenwise compare_topp acceptance ngram drafting vs_transformers quant load_test sweep)
 [ $# -gt 0 ] && ORDER=("$@")
 for step in "${ORDER[@]}"; do
   cmd="$PY ${STEPS[$step]}"
