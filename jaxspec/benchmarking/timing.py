@@ -56,26 +56,27 @@ def time_interleaved(
     results = {name: [] for name in methods}
     for run in range(num_runs):
         for name, fn in methods.items():
-            best = float("inf")
-            for _ in range(repeats):
-                start = time.perf_counter()
-                out[name]["result"] = jax.block_until_ready(fn(run))
-                best = min(best, time.perf_counter() - start)
-            out[name]["times_s"].append(best)
+            seconds, out[name]["result"] = _fastest(lambda fn=fn, run=run: fn(run), repeats)
+            out[name]["times_s"].append(seconds)
             if keep_results:
                 results[name].append(out[name]["result"])
     return (out, results) if keep_results else out
 
 
+def _fastest(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
+    """(seconds of the fastest of `repeats` timed calls of `fn()`, the last call's result), each blocked on."""
+    best, result = float("inf"), None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = jax.block_until_ready(fn())
+        best = min(best, time.perf_counter() - start)
+    return best, result
+
+
 def best_seconds(fn: Callable[[], Any], repeats: int = 3) -> float:
     """The fastest of `repeats` timed calls of `fn()`, after one untimed call (compilation)."""
     jax.block_until_ready(fn())
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        best = min(best, time.perf_counter() - start)
-    return best
+    return _fastest(fn, repeats)[0]
 
 
 def mean_std(xs: list[float]) -> tuple[float, float]:

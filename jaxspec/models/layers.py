@@ -58,7 +58,6 @@ def write_layer_rows(
     and full copies of every layer's keys and values on every call: time that
     grows with the cache's size, not with the tokens written.)
     """
-
     batch, length = new_BxTxHxD.shape[:2]
     rows_Bx1 = jnp.arange(batch)[:, None]
     slots_BxT = start_B[:, None] + jnp.arange(length)[None, :]
