@@ -12,6 +12,7 @@ import pytest
 from jaxspec import benchmarking
 from jaxspec.benchmarking import configs, costs, hlo, load_test, metrics, prompts, sizes, sweeps, tables, timing
 from jaxspec.serving import net
+from jaxspec.testing import random_model, tiny_config
 
 
 def _result(accepted, drafted, rounds, lengths, histogram):
@@ -161,6 +162,20 @@ def test_cost_model_closed_forms():
     fields = dict(target_step_ms=10, draft_step_ms=1, draft_first_ms=2, target_prefill_ms=5, draft_prefill_ms=1)
     built = costs.loop_costs(dict(fields, verify_ms={3: 12}), dict(ar_overhead_ms=0.5, round_overhead_ms=1), 3)
     assert built == loop
+    # A round's calls timed together replace the isolated sum when measured.
+    together = costs.loop_costs(
+        dict(fields, verify_ms={3: 12}, round_calls_ms={3: 20.0}), dict(ar_overhead_ms=0.5, round_overhead_ms=1), 3
+    )
+    assert together.round_ms(3) == 20 + 1 and together.isolated_round_calls_ms(3) == 2 + 2 * 1 + 12
+
+
+def test_round_calls_cost_runs_a_round_of_calls():
+    target = random_model(tiny_config("gpt2", vocab_size=32), seed=0)
+    draft = random_model(tiny_config("opt", vocab_size=32), seed=1)
+    ms = costs.round_calls_cost_ms(target, draft, batch=2, k=3, position=5, capacity=12, reps=2)
+    assert 0 < ms < 1000
+    with pytest.raises(ValueError, match="capacity=8 must hold 4 tokens at position 5"):
+        costs.round_calls_cost_ms(target, draft, batch=2, k=3, position=5, capacity=8)
 
 
 def test_sizes_are_the_hub_architectures():

@@ -289,6 +289,7 @@ def test_benchmark_sweep_end_to_end(tiny_pair, tmp_path):
     for row in report["rows"]:
         assert 0 <= row["alpha"] <= 1 and row["predicted_speedup"] > 0 and row["efficiency"] > 0
         assert row["round_overhead_ms"] >= 0 and len(row["acceptance_by_position"]) == row["K"]
+        assert row["round_calls_ms"] > 0 and row["isolated_round_calls_ms"] > 0
     assert (tmp_path / "speedup.png").stat().st_size > 1000
     assert (tmp_path / "acceptance.png").stat().st_size > 1000
     assert (tmp_path / "sweep.csv").exists()

@@ -16,11 +16,21 @@ is not negligible, so it is measured too:
   call costs is the per-token (autoregressive) or per-round (speculative)
   overhead of the loop.
 
+- the round's model calls together: `round_calls_cost_ms` times the 2-token
+  draft step, K - 1 draft steps and the verify pass one after another in a
+  jitted `fori_loop`, as a round makes them. On this CPU that costs more than
+  the sum of the calls timed one by one (0.3-0.8 ms a round with the shipped
+  pair): the target's 64 MB of weights stream through the 32 MB L3 cache
+  every verify pass and evict the draft's, so each round's draft steps start
+  cold, where `call_cost_ms` times a draft step on weights hot in cache.
+
 Then, for N new tokens with T tokens per round:
 
     time_AR   = prefill_target + N * (target_step + ar_overhead)
-    time_spec = prefill_target + prefill_draft
-                + (N / T) * (draft_first + (K - 1) * draft_step + verify_K + round_overhead)
+    time_spec = prefill_target + prefill_draft + (N / T) * (round_calls_K + round_overhead)
+
+(`LoopCosts.isolated_round_calls_ms` is the textbook sum draft_first +
+(K - 1) * draft_step + verify_K, kept for comparison.)
 
 and predicted speedup = time_AR / time_spec, with T = (1 - a^(K+1)) / (1 - a)
 for token-wise verification (a = `alpha_per_draft`), or the measured tokens
@@ -81,6 +91,51 @@ def call_cost_ms(model, batch: int, chunk: int, position: int, reps: int = 20, c
     return 1000 * best_seconds(call_loop(model, batch, chunk, position, reps, capacity), repeats=7) / reps
 
 
+@functools.partial(jax.jit, static_argnames=("k", "reps"))
+def _round_loop(target, draft, target_cache, draft_cache, k: int, reps: int):
+    batch = target_cache.lengths.shape[0]
+
+    def body(_, carry):
+        target_cache, draft_cache, acc = carry
+        # Each call's tokens depend on the previous call's logits (as in a round), so none can be
+        # hoisted or reordered.
+        nudge = (acc > 1e30).astype(jnp.int32)
+        logits, cache = draft(jnp.ones((batch, 2), jnp.int32) + nudge, draft_cache)
+
+        def step(carry, _):
+            cache, acc = carry
+            logits, cache = draft(jnp.ones((batch, 1), jnp.int32) + (acc > 1e30).astype(jnp.int32), cache)
+            return (cache, acc + logits[0, -1, 0]), None
+
+        (cache, acc), _ = jax.lax.scan(step, (cache, acc + logits[0, -1, 0]), None, length=k - 1)
+        logits, new_target_cache = target(
+            jnp.ones((batch, k + 1), jnp.int32) + (acc > 1e30).astype(jnp.int32), target_cache
+        )
+        acc = acc + logits[0, -1, 0]
+        # Reset the lengths so every round runs at the same position.
+        return new_target_cache.with_lengths(target_cache.lengths), cache.with_lengths(draft_cache.lengths), acc
+
+    return jax.lax.fori_loop(0, reps, body, (target_cache, draft_cache, jnp.float32(0)))
+
+
+def round_calls_cost_ms(target, draft, batch: int, k: int, position: int, capacity: int, reps: int = 20) -> float:
+    """Milliseconds of one round's model calls, made one after another as `speculative_sample` makes them.
+
+    The draft's 2-token step, its K - 1 one-token steps (a `lax.scan`) and the
+    target's (K + 1)-token verify pass, at cache `position` of caches with
+    `capacity` slots, inside one jitted `fori_loop` (best of 7 loops of `reps`
+    rounds). No sampling, accept kernel or emit: those are the loop's own
+    work (`loop_overheads`).
+    """
+    if k < 1 or capacity < position + k + 1:
+        raise ValueError(f"k={k} must be >= 1 and capacity={capacity} must hold {k + 1} tokens at position {position}")
+    lengths = jnp.full((batch,), position, jnp.int32)
+    target_cache = target.init_cache(batch, capacity).with_lengths(lengths)
+    draft_cache = draft.init_cache(batch, capacity).with_lengths(lengths)
+    seconds = best_seconds(lambda: _round_loop(target, draft, target_cache, draft_cache, k, reps), repeats=7)
+    return 1000 * seconds / reps
+
+
 def prefill_cost_ms(model, batch: int, prompt_tokens: int) -> float:
     """Milliseconds of the prompt prefill (all prompt tokens but the last) from an empty cache."""
     if prompt_tokens < 2:
@@ -115,9 +170,16 @@ class LoopCosts:
     draft_prefill_ms: float
     ar_overhead_ms: float
     round_overhead_ms: float
+    # The round's model calls timed together (`round_calls_cost_ms`); None: the isolated sum.
+    round_calls_ms: float | None = None
+
+    def isolated_round_calls_ms(self, k: int) -> float:
+        """The textbook round: the model calls' costs timed one by one, summed."""
+        return self.draft_first_ms + (k - 1) * self.draft_step_ms + self.verify_ms
 
     def round_ms(self, k: int) -> float:
-        return self.draft_first_ms + (k - 1) * self.draft_step_ms + self.verify_ms + self.round_overhead_ms
+        calls = self.isolated_round_calls_ms(k) if self.round_calls_ms is None else self.round_calls_ms
+        return calls + self.round_overhead_ms
 
     def predicted_times_ms(self, n: int, k: int, tokens_per_round: float) -> tuple[float, float]:
         ar = self.target_prefill_ms + n * (self.target_step_ms + self.ar_overhead_ms)
@@ -147,7 +209,8 @@ def model_costs(target, draft, batch: int, prompt_tokens: int, max_new_tokens: i
 
     Returns:
       dict with target_step_ms, draft_step_ms, draft_first_ms (the 2-token
-      catch-up step), target_prefill_ms, draft_prefill_ms, and verify_ms {K: ms}.
+      catch-up step), target_prefill_ms, draft_prefill_ms, verify_ms {K: ms}
+      and round_calls_ms {K: ms} (`round_calls_cost_ms`).
     """
     position = prompt_tokens + max_new_tokens // 2
     # (At least room for the timed call itself: a loop of N = 1 never makes a call in mid-span.)
@@ -161,6 +224,7 @@ def model_costs(target, draft, batch: int, prompt_tokens: int, max_new_tokens: i
         target_prefill_ms=prefill_cost_ms(target, batch, prompt_tokens),
         draft_prefill_ms=prefill_cost_ms(draft, batch, prompt_tokens),
         verify_ms={k: call_cost_ms(target, batch, k + 1, position, capacity=c) for k, c in spec_capacity.items()},
+        round_calls_ms={k: round_calls_cost_ms(target, draft, batch, k, position, c) for k, c in spec_capacity.items()},
     )
 
 
@@ -171,7 +235,8 @@ def loop_overheads(
 
     Both loops run on stand-ins of `target` and `draft` (same vocabulary and
     context, almost no compute); the stand-ins' own call costs, measured the
-    same way as the real models', are subtracted.
+    same way as the real models' (their round's calls timed together), are
+    subtracted.
     """
     batch, prompt_tokens = prompts.shape
     k = num_draft_tokens
@@ -198,8 +263,9 @@ def loop_overheads(
     rounds = float(np.max(np.asarray(spec().num_rounds)))  # the loop runs until its slowest row ends
     spec_ms = 1000 * best_seconds(lambda: spec().tokens)
     ar_overhead = (ar_ms - fake["target_prefill_ms"]) / max_new_tokens - fake["target_step_ms"]
-    round_models = fake["draft_first_ms"] + (k - 1) * fake["draft_step_ms"] + fake["verify_ms"][k]
-    round_overhead = (spec_ms - fake["target_prefill_ms"] - fake["draft_prefill_ms"]) / rounds - round_models
+    round_overhead = (spec_ms - fake["target_prefill_ms"] - fake["draft_prefill_ms"]) / rounds - fake["round_calls_ms"][
+        k
+    ]
     return dict(ar_overhead_ms=max(ar_overhead, 0.0), round_overhead_ms=max(round_overhead, 0.0))
 
 
@@ -207,4 +273,5 @@ def loop_costs(models: dict, overheads: dict, k: int) -> LoopCosts:
     """A `LoopCosts` from `model_costs` and `loop_overheads` results for draft length k."""
     fields = {f: models[f] for f in ("target_step_ms", "draft_step_ms", "draft_first_ms")}
     fields.update(target_prefill_ms=models["target_prefill_ms"], draft_prefill_ms=models["draft_prefill_ms"])
-    return LoopCosts(verify_ms=models["verify_ms"][k], **fields, **overheads)
+    round_calls = models.get("round_calls_ms", {}).get(k)
+    return LoopCosts(verify_ms=models["verify_ms"][k], **fields, **overheads, round_calls_ms=round_calls)

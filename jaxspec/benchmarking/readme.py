@@ -137,6 +137,12 @@ def sweep_section(results_dir: str, folder: str = "benchmark") -> str | None:
         f"batch {b}: target step {c['target_step_ms']:.2f} ms, draft step {c['draft_step_ms']:.2f} ms"
         + (f" (2-token first step {c['draft_first_ms']:.2f} ms)" if "draft_first_ms" in c else "")
         + f", verify K=4 {c['verify_ms']['4']:.2f} ms"
+        + (
+            f", a K=4 round's calls timed together {c['round_calls_ms']['4']:.2f} ms"
+            f" (timed one by one: {c['draft_first_ms'] + 3 * c['draft_step_ms'] + c['verify_ms']['4']:.2f} ms)"
+            if "round_calls_ms" in c
+            else ""
+        )
         for b, c in d["costs"].items()
         if "4" in c["verify_ms"]
     )

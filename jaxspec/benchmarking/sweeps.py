@@ -222,9 +222,16 @@ def sweep_row(
         if v == "tokenwise"
         else None,
         efficiency=speedup["speedup_mean"] / predicted,
+        round_calls_ms=loop.round_ms(k) - loop.round_overhead_ms,
+        isolated_round_calls_ms=loop.isolated_round_calls_ms(k),
         round_overhead_ms=loop.round_overhead_ms,
         ar_overhead_ms=loop.ar_overhead_ms,
     )
+
+
+def _json_costs(c: dict) -> dict:
+    """`costs.model_costs` output with string keys (JSON)."""
+    return {f: {str(k): ms for k, ms in v.items()} if isinstance(v, dict) else v for f, v in c.items()}
 
 
 def sweep(config: BenchmarkConfig, log: Callable[[str], None]) -> dict:
@@ -236,34 +243,41 @@ def sweep(config: BenchmarkConfig, log: Callable[[str], None]) -> dict:
     )
     clusters = prompt_files(config.num_runs, per_file)  # run i decodes prompts[i]
     model_costs, overheads = {}, {}
-    for b in batches:
-        model_costs[b] = costs.model_costs(target, draft, b, config.prompt_tokens, n, ks)
-        c = model_costs[b]
+
+    def measure_costs(b: int, t: float) -> None:
+        # Measured right before the cell's runs, at its temperature: the machine's speed drifts
+        # over a long sweep (a target step took 3.4 ms one hour and 4.3 ms another) and its
+        # prediction should see the conditions its runs saw.
+        model_costs[b, t] = c = costs.model_costs(target, draft, b, config.prompt_tokens, n, ks)
         for k in ks:
             for v in rules:
-                overheads[b, k, v] = costs.loop_overheads(
+                overheads[b, t, k, v] = costs.loop_overheads(
                     target,
                     draft,
                     np.repeat(prompts[:1], b, axis=0),
                     max_new_tokens=n,
                     num_draft_tokens=k,
                     verify=v,
-                    temperature=1.0,
+                    temperature=t,
                 )
         log(
-            f"costs at batch {b}: target step {c['target_step_ms']:.2f} ms, draft step {c['draft_step_ms']:.2f} ms "
-            f"(2-token {c['draft_first_ms']:.2f}), verify "
+            f"costs at batch {b}, T={t}: target step {c['target_step_ms']:.2f} ms, draft step "
+            f"{c['draft_step_ms']:.2f} ms (2-token {c['draft_first_ms']:.2f}), verify "
             + ", ".join(f"K={k}: {ms:.2f}" for k, ms in c["verify_ms"].items())
+            + "; a round's calls together "
+            + ", ".join(f"K={k}: {ms:.2f}" for k, ms in c["round_calls_ms"].items())
             + "; loop work per round "
-            + ", ".join(f"K={k}: {overheads[b, k, rules[0]]['round_overhead_ms']:.2f}" for k in ks)
-            + f" ms, per AR token {overheads[b, ks[0], rules[0]]['ar_overhead_ms']:.3f} ms"
+            + ", ".join(f"K={k}: {overheads[b, t, k, rules[0]]['round_overhead_ms']:.2f}" for k in ks)
+            + f" ms, per AR token {overheads[b, t, ks[0], rules[0]]['ar_overhead_ms']:.3f} ms"
         )
+
     rows = []
     total = len(batches) * len(temps)
     done = 0
     start = time.perf_counter()
     for b in batches:
         for t in temps:
+            measure_costs(b, t)
 
             def batch_of(seed, b=b):
                 return np.repeat(prompts[seed % len(prompts)][None], b, axis=0)
@@ -273,7 +287,7 @@ def sweep(config: BenchmarkConfig, log: Callable[[str], None]) -> dict:
             timings, results = time_interleaved(methods, config.num_runs, keep_results=True, repeats=config.repeats)
             for k in ks:
                 for v in rules:
-                    loop = costs.loop_costs(model_costs[b], overheads[b, k, v], k)
+                    loop = costs.loop_costs(model_costs[b, t], overheads[b, t, k, v], k)
                     name = f"K={k} {v}"
                     ar = timings["autoregressive"]
                     rows.append(sweep_row(timings[name], results[name], ar, loop, b, t, k, v, clusters))
@@ -296,10 +310,10 @@ def sweep(config: BenchmarkConfig, log: Callable[[str], None]) -> dict:
         target=config.target_model,
         draft=config.draft_model,
         N=n,
-        costs={
-            str(b): dict(c, verify_ms={str(k): v for k, v in c["verify_ms"].items()}) for b, c in model_costs.items()
-        },
-        overheads={f"{b}/{k}/{v}": o for (b, k, v), o in overheads.items()},
+        # Each batch size's costs at its first temperature (README); every cell's in cell_costs.
+        costs={str(b): _json_costs(c) for (b, t), c in reversed(model_costs.items())},
+        cell_costs={f"{b}/{t}": _json_costs(c) for (b, t), c in model_costs.items()},
+        overheads={f"{b}/{t}/{k}/{v}": o for (b, t, k, v), o in overheads.items()},
         rows=rows,
     )
 
