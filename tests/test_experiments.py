@@ -285,6 +285,7 @@ def test_benchmark_sweep_end_to_end(tiny_pair, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads((tmp_path / "sweep.json").read_text())
     assert len(report["rows"]) == 8  # K x T x {tokenwise, block}
+    assert set(report["interleaved_costs"]) == {"1/0.0", "1/1.0"}
     assert {r["verify"] for r in report["rows"]} == {"tokenwise", "block"}
     for row in report["rows"]:
         assert 0 <= row["alpha"] <= 1 and row["predicted_speedup"] > 0 and row["efficiency"] > 0

@@ -118,6 +118,16 @@ def _round_loop(target, draft, target_cache, draft_cache, k: int, reps: int):
     return jax.lax.fori_loop(0, reps, body, (target_cache, draft_cache, jnp.float32(0)))
 
 
+def round_loop(target, draft, batch: int, k: int, position: int, capacity: int, reps: int) -> Callable[[], tuple]:
+    """A no-argument function running `reps` rounds of model calls (see `round_calls_cost_ms`)."""
+    if k < 1 or capacity < position + k + 1:
+        raise ValueError(f"k={k} must be >= 1 and capacity={capacity} must hold {k + 1} tokens at position {position}")
+    lengths = jnp.full((batch,), position, jnp.int32)
+    target_cache = target.init_cache(batch, capacity).with_lengths(lengths)
+    draft_cache = draft.init_cache(batch, capacity).with_lengths(lengths)
+    return lambda: _round_loop(target, draft, target_cache, draft_cache, k, reps)
+
+
 def round_calls_cost_ms(target, draft, batch: int, k: int, position: int, capacity: int, reps: int = 20) -> float:
     """Milliseconds of one round's model calls, made one after another as `speculative_sample` makes them.
 
@@ -127,13 +137,8 @@ def round_calls_cost_ms(target, draft, batch: int, k: int, position: int, capaci
     rounds). No sampling, accept kernel or emit: those are the loop's own
     work (`loop_overheads`).
     """
-    if k < 1 or capacity < position + k + 1:
-        raise ValueError(f"k={k} must be >= 1 and capacity={capacity} must hold {k + 1} tokens at position {position}")
-    lengths = jnp.full((batch,), position, jnp.int32)
-    target_cache = target.init_cache(batch, capacity).with_lengths(lengths)
-    draft_cache = draft.init_cache(batch, capacity).with_lengths(lengths)
-    seconds = best_seconds(lambda: _round_loop(target, draft, target_cache, draft_cache, k, reps), repeats=7)
-    return 1000 * seconds / reps
+    loop = round_loop(target, draft, batch, k, position, capacity, reps)
+    return 1000 * best_seconds(loop, repeats=7) / reps
 
 
 def prefill_cost_ms(model, batch: int, prompt_tokens: int) -> float:
@@ -200,6 +205,46 @@ def tokens_per_round_tokenwise(alpha: float, k: int) -> float:
     return float(k + 1) if alpha >= 1 else (1 - alpha ** (k + 1)) / (1 - alpha)
 
 
+def _positions(prompt_tokens: int, max_new_tokens: int, ks) -> tuple[int, int, dict[int, int]]:
+    """(the timed calls' cache position: mid-span, the autoregressive loop's capacity, {K: speculative capacity})."""
+    position = prompt_tokens + max_new_tokens // 2
+    # (At least room for the timed call itself: a loop of N = 1 never makes a call in mid-span.)
+    ar_capacity = max(prompt_tokens + max_new_tokens - 1, position + 1)
+    spec_capacity = {int(k): max(prompt_tokens + max_new_tokens + int(k) - 1, position + int(k) + 1) for k in ks}
+    return position, ar_capacity, spec_capacity
+
+
+def cost_loops(target, draft, batch: int, prompt_tokens: int, max_new_tokens: int, ks, reps: int = 5) -> dict:
+    """The loops behind the prediction's two largest costs, to time among a sweep's runs.
+
+    A long sweep sees the machine's speed drift (here a target step took
+    3.4 ms in one hour and 4.3 ms in another); costs timed once before the
+    runs then predict for conditions the runs did not see. Timed as extra
+    methods of `time_interleaved`, these loops see the runs' conditions;
+    `interleaved_costs` turns their times into costs.
+
+    Returns:
+      {"target_step": fn, "round_calls K=k": fn for each k}, each fn running
+      `reps` calls at the positions and capacities of `model_costs`.
+    """
+    position, ar_capacity, spec_capacity = _positions(prompt_tokens, max_new_tokens, ks)
+    loops = {"target_step": call_loop(target, batch, 1, position, reps, ar_capacity)}
+    for k, capacity in spec_capacity.items():
+        loops[f"round_calls K={k}"] = round_loop(target, draft, batch, k, position, capacity, reps)
+    return loops
+
+
+def interleaved_costs(times_s: dict[str, list[float]], reps: int = 5) -> dict:
+    """{"target_step_ms", "round_calls_ms": {K: ms}} from the times of `cost_loops`' loops (the median run).
+
+    >>> interleaved_costs({"target_step": [0.02, 0.03, 0.9], "round_calls K=4": [0.05, 0.05]})
+    {'target_step_ms': 6.0, 'round_calls_ms': {4: 10.0}}
+    """
+    ms = {name: 1000 * float(np.median(t)) / reps for name, t in times_s.items()}
+    rounds = {int(name.split("=")[1]): v for name, v in ms.items() if name.startswith("round_calls K=")}
+    return dict(target_step_ms=ms["target_step"], round_calls_ms=rounds)
+
+
 def model_costs(target, draft, batch: int, prompt_tokens: int, max_new_tokens: int, ks) -> dict:
     """The model-call costs (ms) the loops pay, at the middle of the generated span.
 
@@ -212,10 +257,7 @@ def model_costs(target, draft, batch: int, prompt_tokens: int, max_new_tokens: i
       catch-up step), target_prefill_ms, draft_prefill_ms, verify_ms {K: ms}
       and round_calls_ms {K: ms} (`round_calls_cost_ms`).
     """
-    position = prompt_tokens + max_new_tokens // 2
-    # (At least room for the timed call itself: a loop of N = 1 never makes a call in mid-span.)
-    ar_capacity = max(prompt_tokens + max_new_tokens - 1, position + 1)
-    spec_capacity = {int(k): max(prompt_tokens + max_new_tokens + int(k) - 1, position + int(k) + 1) for k in ks}
+    position, ar_capacity, spec_capacity = _positions(prompt_tokens, max_new_tokens, ks)
     draft_capacity = max(*spec_capacity.values(), position + 2)
     return dict(
         target_step_ms=call_cost_ms(target, batch, 1, position, capacity=ar_capacity),

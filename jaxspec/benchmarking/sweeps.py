@@ -222,11 +222,16 @@ def sweep_row(
         if v == "tokenwise"
         else None,
         efficiency=speedup["speedup_mean"] / predicted,
+        target_step_ms=loop.target_step_ms,
         round_calls_ms=loop.round_ms(k) - loop.round_overhead_ms,
         isolated_round_calls_ms=loop.isolated_round_calls_ms(k),
         round_overhead_ms=loop.round_overhead_ms,
         ar_overhead_ms=loop.ar_overhead_ms,
     )
+
+
+# Calls per timed cost loop among a sweep's runs (`costs.cost_loops`): short, as each runs once per run.
+COST_REPS = 5
 
 
 def _json_costs(c: dict) -> dict:
@@ -242,7 +247,7 @@ def sweep(config: BenchmarkConfig, log: Callable[[str], None]) -> dict:
         tokenizer, config.num_runs + 1, config.prompt_tokens, per_file=per_file, spacing=config.prompt_tokens + n
     )
     clusters = prompt_files(config.num_runs, per_file)  # run i decodes prompts[i]
-    model_costs, overheads = {}, {}
+    model_costs, overheads, interleaved = {}, {}, {}
 
     def measure_costs(b: int, t: float) -> None:
         # Measured right before the cell's runs, at its temperature: the machine's speed drifts
@@ -284,10 +289,23 @@ def sweep(config: BenchmarkConfig, log: Callable[[str], None]) -> dict:
 
             proposals = {f"K={k} {v}": (draft, k, v) for k in ks for v in rules}
             methods = decode_methods(target, batch_of, proposals, max_new_tokens=n, temperature=t)
+            # The prediction's largest costs are timed among the runs, so they see the runs' conditions.
+            cost_loops = costs.cost_loops(target, draft, b, config.prompt_tokens, n, ks, reps=COST_REPS)
+            methods.update({f"cost {name}": (lambda seed, f=f: f()) for name, f in cost_loops.items()})
             timings, results = time_interleaved(methods, config.num_runs, keep_results=True, repeats=config.repeats)
+            interleaved[b, t] = costs.interleaved_costs(
+                {name: timings[f"cost {name}"]["times_s"] for name in cost_loops}, reps=COST_REPS
+            )
+            c = interleaved[b, t]
+            log(
+                f"costs timed among the runs (median): target step {c['target_step_ms']:.2f} ms, a round's calls "
+                + ", ".join(f"K={k}: {ms:.2f}" for k, ms in c["round_calls_ms"].items())
+                + " ms"
+            )
+            cell_costs = dict(model_costs[b, t], **c)
             for k in ks:
                 for v in rules:
-                    loop = costs.loop_costs(model_costs[b, t], overheads[b, t, k, v], k)
+                    loop = costs.loop_costs(cell_costs, overheads[b, t, k, v], k)
                     name = f"K={k} {v}"
                     ar = timings["autoregressive"]
                     rows.append(sweep_row(timings[name], results[name], ar, loop, b, t, k, v, clusters))
@@ -313,6 +331,8 @@ def sweep(config: BenchmarkConfig, log: Callable[[str], None]) -> dict:
         # Each batch size's costs at its first temperature (README); every cell's in cell_costs.
         costs={str(b): _json_costs(c) for (b, t), c in reversed(model_costs.items())},
         cell_costs={f"{b}/{t}": _json_costs(c) for (b, t), c in model_costs.items()},
+        # The costs the predictions used for the target step and a round's calls: timed among the runs.
+        interleaved_costs={f"{b}/{t}": _json_costs(c) for (b, t), c in interleaved.items()},
         overheads={f"{b}/{t}/{k}/{v}": o for (b, t, k, v), o in overheads.items()},
         rows=rows,
     )
