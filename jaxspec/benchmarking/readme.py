@@ -146,8 +146,18 @@ def sweep_section(results_dir: str, folder: str = "benchmark") -> str | None:
         for b, c in d["costs"].items()
         if "4" in c["verify_ms"]
     )
+    among = "; ".join(
+        f"batch {cell.split('/')[0]}, T={float(cell.split('/')[1]):g}: target step {c['target_step_ms']:.2f} ms, "
+        + ", ".join(f"K={k} {ms:.2f}" for k, ms in c["round_calls_ms"].items())
+        for cell, c in d.get("interleaved_costs", {}).items()
+    )
+    if among:
+        costs += (
+            f".\n\nThe costs the predictions use for the target step and a round's calls, timed among the runs "
+            f"(medians): {among}"
+        )
     return (
-        f"Per-call costs: {costs}.\n\nBest cell per batch size and temperature:\n\n"
+        f"Per-call costs before the runs: {costs}.\n\nBest cell per batch size and temperature:\n\n"
         + markdown_table(header, [fmt(r) for r in cells.values()])
         + "\n\nBatch 1, every cell (all batches: `results/benchmark/sweep.csv`):\n\n"
         + markdown_table(header, [fmt(r) for r in ordered if r["batch_size"] == ordered[0]["batch_size"]])

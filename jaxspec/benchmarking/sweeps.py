@@ -35,6 +35,7 @@ from jaxspec.benchmarking import costs
 from jaxspec.benchmarking.metrics import (
     acceptance_summary,
     accepted_per_round_by_row,
+    efficiency,
     paired_difference,
     paired_speedup,
 )
@@ -221,7 +222,8 @@ def sweep_row(
         predicted_from_alpha=loop.predicted_speedup(n, k, costs.tokens_per_round_tokenwise(alpha, k))
         if v == "tokenwise"
         else None,
-        efficiency=speedup["speedup_mean"] / predicted,
+        speedup_of_means=ar_mean / mean,
+        efficiency=efficiency(ar_mean, mean, predicted),
         target_step_ms=loop.target_step_ms,
         round_calls_ms=loop.round_ms(k) - loop.round_overhead_ms,
         isolated_round_calls_ms=loop.isolated_round_calls_ms(k),
