@@ -111,7 +111,8 @@ def sweep_section(results_dir: str, folder: str = "benchmark") -> str | None:
             r["verify"],
             f"{r['alpha']:.3f}",
             f"{r['tokens_per_round']:.2f}",
-            f"{r['speedup']:.2f}x" + (f" ± {r['speedup_se']:.2f}" if "speedup_se" in r else ""),
+            f"{r['speedup']:.2f}x" + (f" ± {r['speedup_se']:.3f}" if "speedup_se" in r else ""),
+            f"{r['speedup_of_means']:.2f}x" if "speedup_of_means" in r else "-",
             f"{r['predicted_speedup']:.2f}x",
             f"{r['efficiency']:.2f}",
         ]
@@ -124,6 +125,7 @@ def sweep_section(results_dir: str, folder: str = "benchmark") -> str | None:
         "α per draft",
         "tokens/round",
         "speedup (median ± se)",
+        "mean AR time / mean spec time",
         "predicted",
         "efficiency",
     ]
