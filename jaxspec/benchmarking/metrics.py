@@ -101,7 +101,7 @@ def efficiency(baseline_mean_s: float, mean_s: float, predicted_speedup: float) 
     of rounds: time is linear in rounds), so the measured side is the ratio of
     the mean times too. The mean of per-prompt ratios is not comparable: it
     exceeds the ratio of means by more the more rounds vary between prompts
-    (Jensen; up to 9% at K = 8 in the batch-1 sweep), and read against this
+    (Jensen; up to 10% at K = 8 in the batch-1 sweep), and read against this
     prediction it grew with K for that reason alone.
 
     >>> round(efficiency(0.5, 0.25, 2.5), 6)
