@@ -95,22 +95,22 @@ def call_cost_ms(model, batch: int, chunk: int, position: int, reps: int = 20, c
 def _round_loop(target, draft, target_cache, draft_cache, k: int, reps: int):
     batch = target_cache.lengths.shape[0]
 
-    def body(_, carry):
-        target_cache, draft_cache, acc = carry
+    def tokens(acc, length):
         # Each call's tokens depend on the previous call's logits (as in a round), so none can be
         # hoisted or reordered.
-        nudge = (acc > 1e30).astype(jnp.int32)
-        logits, cache = draft(jnp.ones((batch, 2), jnp.int32) + nudge, draft_cache)
+        return jnp.ones((batch, length), jnp.int32) + (acc > 1e30).astype(jnp.int32)
+
+    def body(_, carry):
+        target_cache, draft_cache, acc = carry
+        logits, cache = draft(tokens(acc, 2), draft_cache)
 
         def step(carry, _):
             cache, acc = carry
-            logits, cache = draft(jnp.ones((batch, 1), jnp.int32) + (acc > 1e30).astype(jnp.int32), cache)
+            logits, cache = draft(tokens(acc, 1), cache)
             return (cache, acc + logits[0, -1, 0]), None
 
         (cache, acc), _ = jax.lax.scan(step, (cache, acc + logits[0, -1, 0]), None, length=k - 1)
-        logits, new_target_cache = target(
-            jnp.ones((batch, k + 1), jnp.int32) + (acc > 1e30).astype(jnp.int32), target_cache
-        )
+        logits, new_target_cache = target(tokens(acc, k + 1), target_cache)
         acc = acc + logits[0, -1, 0]
         # Reset the lengths so every round runs at the same position.
         return new_target_cache.with_lengths(target_cache.lengths), cache.with_lengths(draft_cache.lengths), acc
@@ -163,6 +163,15 @@ def stand_in(model, seed: int):
     return random_model(config, seed)
 
 
+def textbook_round_ms(draft_first_ms: float, draft_step_ms: float, verify_ms: float, k: int) -> float:
+    """A round's model calls as the textbook counts them: each call's isolated cost, summed.
+
+    >>> textbook_round_ms(2.0, 1.0, 12.0, 3)
+    16.0
+    """
+    return draft_first_ms + (k - 1) * draft_step_ms + verify_ms
+
+
 @dataclasses.dataclass
 class LoopCosts:
     """Measured costs (milliseconds) of one configuration (batch, K, settings, rule)."""
@@ -180,11 +189,14 @@ class LoopCosts:
 
     def isolated_round_calls_ms(self, k: int) -> float:
         """The textbook round: the model calls' costs timed one by one, summed."""
-        return self.draft_first_ms + (k - 1) * self.draft_step_ms + self.verify_ms
+        return textbook_round_ms(self.draft_first_ms, self.draft_step_ms, self.verify_ms, k)
+
+    def round_calls(self, k: int) -> float:
+        """A round's model calls: timed together when measured, else the textbook sum."""
+        return self.isolated_round_calls_ms(k) if self.round_calls_ms is None else self.round_calls_ms
 
     def round_ms(self, k: int) -> float:
-        calls = self.isolated_round_calls_ms(k) if self.round_calls_ms is None else self.round_calls_ms
-        return calls + self.round_overhead_ms
+        return self.round_calls(k) + self.round_overhead_ms
 
     def predicted_times_ms(self, n: int, k: int, tokens_per_round: float) -> tuple[float, float]:
         ar = self.target_prefill_ms + n * (self.target_step_ms + self.ar_overhead_ms)

@@ -10,6 +10,7 @@ import glob
 import json
 import os
 
+from jaxspec.benchmarking.costs import textbook_round_ms
 from jaxspec.benchmarking.tables import markdown_table
 
 
@@ -141,7 +142,8 @@ def sweep_section(results_dir: str, folder: str = "benchmark") -> str | None:
         + f", verify K=4 {c['verify_ms']['4']:.2f} ms"
         + (
             f", a K=4 round's calls timed together {c['round_calls_ms']['4']:.2f} ms"
-            f" (timed one by one: {c['draft_first_ms'] + 3 * c['draft_step_ms'] + c['verify_ms']['4']:.2f} ms)"
+            " (timed one by one: "
+            f"{textbook_round_ms(c['draft_first_ms'], c['draft_step_ms'], c['verify_ms']['4'], 4):.2f} ms)"
             if "round_calls_ms" in c
             else ""
         )

@@ -225,7 +225,7 @@ def sweep_row(
         speedup_of_means=ar_mean / mean,
         efficiency=efficiency(ar_mean, mean, predicted),
         target_step_ms=loop.target_step_ms,
-        round_calls_ms=loop.round_ms(k) - loop.round_overhead_ms,
+        round_calls_ms=loop.round_calls(k),
         isolated_round_calls_ms=loop.isolated_round_calls_ms(k),
         round_overhead_ms=loop.round_overhead_ms,
         ar_overhead_ms=loop.ar_overhead_ms,
@@ -331,7 +331,7 @@ def sweep(config: BenchmarkConfig, log: Callable[[str], None]) -> dict:
         draft=config.draft_model,
         N=n,
         # Each batch size's costs at its first temperature (README); every cell's in cell_costs.
-        costs={str(b): _json_costs(c) for (b, t), c in reversed(model_costs.items())},
+        costs={str(b): _json_costs(model_costs[b, temps[0]]) for b in batches},
         cell_costs={f"{b}/{t}": _json_costs(c) for (b, t), c in model_costs.items()},
         # The costs the predictions used for the target step and a round's calls: timed among the runs.
         interleaved_costs={f"{b}/{t}": _json_costs(c) for (b, t), c in interleaved.items()},
