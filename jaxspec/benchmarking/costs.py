@@ -18,11 +18,12 @@ is not negligible, so it is measured too:
 
 - the round's model calls together: `round_calls_cost_ms` times the 2-token
   draft step, K - 1 draft steps and the verify pass one after another in a
-  jitted `fori_loop`, as a round makes them. On this CPU that costs more than
-  the sum of the calls timed one by one (0.3-0.8 ms a round with the shipped
-  pair): after the verify pass has streamed the target's 64 MB of weights
-  through the 32 MB L3 cache, the draft's steps run slower than back to back
-  (the same excess follows a plain 64 MB read; BUILD_NOTES).
+  jitted `fori_loop`, as a round makes them. On this CPU that has cost up to
+  0.3-0.8 ms a round more than the sum of the calls timed one by one with the
+  shipped pair (and at other times nothing): after the verify pass has
+  streamed the target's 64 MB of weights through the 32 MB L3 cache, the
+  draft's steps can run slower than back to back (the same excess followed a
+  plain 64 MB read; BUILD_NOTES).
 
 Then, for N new tokens with T tokens per round:
 
