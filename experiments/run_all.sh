@@ -11,7 +11,7 @@ PY=${PYTHON:-python}
 LOG=results/logs/run_all.log
 mkdir -p results/logs
 declare -A STEPS=(
-  [b1]="experiments/benchmark.py --batch_sizes 1 --temperatures 0,0.6 --K 2,3,4,5,6,8 --verify block --num_runs 316 --prompts_per_file 4 --repeats 2 --N 128 --out_dir results/benchmark_b1"
+  [b1]="experiments/benchmark.py --batch_sizes 1 --temperatures 0,0.6 --K 2,3,4,5,6,8 --verify block --num_runs 353 --prompts_per_file 4 --repeats 2 --N 128 --out_dir results/benchmark_b1"
   [ab_cache]="experiments/ab_versions.py --baseline_commit a8dae95 --settings 0.6:0:1,0:0:1 --num_runs 16 --out_dir results/ab_cache"
   [compare]="experiments/compare.py --num_prompts 32 --output_json results/compare/compare.json"
   [compare_greedy]="experiments/compare.py --num_prompts 32 --temperature 0 --output_json results/compare/compare_greedy.json"

@@ -141,6 +141,43 @@ def test_several_prompts_per_file_and_their_cluster_standard_error():
     assert clustered == pytest.approx(distinct, rel=1e-12)
 
 
+def test_prompts_by_file_use_every_file_and_label_it():
+    fixed = benchmarking.heldout_prompts(_CharTokenizer(), 6, 16, per_file=2, spacing=40)
+    got, files = prompts.heldout_prompts_by_file(_CharTokenizer(), 12, 16, max_per_file=3, spacing=40)
+    assert got.shape == (12, 16) and got.dtype == np.int32 and files.shape == (12,)
+    assert files[0] == 0 and np.all(np.diff(files) >= 0) and np.all(np.diff(files) <= 1)
+    assert np.bincount(files).max() <= 3
+    assert len({tuple(row) for row in got}) == 12
+    # A file's first prompt is its start, as in the one-per-file layout; files whole enough for two
+    # prompts give the fixed two-per-file layout's rows too.
+    one, one_files = prompts.heldout_prompts_by_file(_CharTokenizer(), 5, 16, max_per_file=1, spacing=0)
+    np.testing.assert_array_equal(one, benchmarking.heldout_prompts(_CharTokenizer(), 5, 16))
+    assert one_files.tolist() == [0, 1, 2, 3, 4]
+    assert {tuple(row) for row in fixed} <= {tuple(row) for row in got} | {
+        tuple(row) for row in prompts.heldout_prompts_by_file(_CharTokenizer(), 40, 16, max_per_file=3, spacing=40)[0]
+    }
+    with pytest.raises(ValueError, match="hold only"):
+        prompts.heldout_prompts_by_file(_CharTokenizer(), 10**7, 16, max_per_file=1, spacing=0)
+
+
+def test_speedup_of_means_and_its_standard_error():
+    rng = np.random.default_rng(0)
+    base = rng.uniform(1.0, 2.0, 50)
+    spec = rng.uniform(0.4, 1.0, 50)
+    got = metrics.speedup_of_means(base, spec)
+    ratio = base.mean() / spec.mean()
+    assert got["speedup_of_means"] == pytest.approx(ratio, rel=1e-12)
+    # Delta method by hand: var(R) ~ var(base - R * spec) / (n * mean(spec)^2).
+    by_hand = np.std(base - ratio * spec, ddof=1) / np.sqrt(50) / spec.mean()
+    assert got["speedup_of_means_se"] == pytest.approx(by_hand, rel=1e-9)
+    # ... and it agrees with the spread of R over resampled prompt sets.
+    boot = [base[i].mean() / spec[i].mean() for i in rng.integers(0, 50, (4000, 50))]
+    assert got["speedup_of_means_se"] == pytest.approx(np.std(boot), rel=0.1)
+    # Copies of the same runs, as clusters, carry no more information than the runs.
+    doubled = metrics.speedup_of_means(np.tile(base, 2), np.tile(spec, 2), clusters=np.tile(np.arange(50), 2))
+    assert doubled["speedup_of_means_se"] == pytest.approx(got["speedup_of_means_se"], rel=1e-12)
+
+
 def test_cost_model_closed_forms():
     assert costs.tokens_per_round_tokenwise(0.0, 4) == 1.0
     assert costs.tokens_per_round_tokenwise(1.0, 4) == 5.0

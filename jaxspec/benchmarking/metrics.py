@@ -83,15 +83,46 @@ def paired_speedup(baseline_times_s, times_s, clusters=None) -> dict:
     0.0
     """
     ratios = np.asarray(baseline_times_s, np.float64) / np.asarray(times_s, np.float64)
-    labels = np.arange(len(ratios)) if clusters is None else np.asarray(clusters)
-    _, cluster_of = np.unique(labels, return_inverse=True)
-    groups = int(cluster_of.max()) + 1 if len(ratios) else 0
-    se = 0.0
-    if groups > 1:
-        # CR1: sqrt(G / (G - 1) * sum over clusters of (sum of residuals)^2) / n; for singletons std / sqrt(n).
-        sums = np.bincount(cluster_of, weights=ratios - ratios.mean(), minlength=groups)
-        se = float(np.sqrt(groups / (groups - 1) * np.sum(sums**2)) / len(ratios))
+    se = _cluster_robust_se(ratios - ratios.mean(), clusters)
     return dict(speedup=float(np.median(ratios)), speedup_mean=float(np.mean(ratios)), speedup_se=se)
+
+
+def speedup_of_means(baseline_times_s, times_s, clusters=None) -> dict:
+    """The ratio of mean times, mean(baseline) / mean(times), with its standard error.
+
+    This is the speedup in throughput over the whole prompt set, and the figure
+    the cost model predicts (`efficiency`). Its standard error is the
+    delta-method one, cluster-robust as in `paired_speedup`: the residual of
+    run i is (baseline_i - R * time_i) / mean(times).
+
+    Returns:
+      dict with speedup_of_means (R) and speedup_of_means_se (0 for one run or one cluster).
+
+    >>> round(speedup_of_means([2.0, 4.0], [1.0, 1.0])["speedup_of_means"], 6)
+    3.0
+    >>> round(speedup_of_means([2.0, 4.0, 2.0, 4.0], [1.0, 2.0, 1.0, 2.0])["speedup_of_means_se"], 6)
+    0.0
+    """
+    baseline = np.asarray(baseline_times_s, np.float64)
+    times = np.asarray(times_s, np.float64)
+    ratio = baseline.mean() / times.mean()
+    se = _cluster_robust_se((baseline - ratio * times) / times.mean(), clusters)
+    return dict(speedup_of_means=float(ratio), speedup_of_means_se=se)
+
+
+def _cluster_robust_se(residuals: np.ndarray, clusters=None) -> float:
+    """Standard error of a mean from its [n] residuals, runs of one cluster label pooled (CR1).
+
+    sqrt(G / (G - 1) * sum over clusters of (sum of residuals)^2) / n; with every
+    run its own cluster this is the sample std / sqrt(n). 0 for fewer than 2 clusters.
+    """
+    labels = np.arange(len(residuals)) if clusters is None else np.asarray(clusters)
+    _, cluster_of = np.unique(labels, return_inverse=True)
+    groups = int(cluster_of.max()) + 1 if len(residuals) else 0
+    if groups < 2:
+        return 0.0
+    sums = np.bincount(cluster_of, weights=residuals, minlength=groups)
+    return float(np.sqrt(groups / (groups - 1) * np.sum(sums**2)) / len(residuals))
 
 
 def efficiency(baseline_mean_s: float, mean_s: float, predicted_speedup: float) -> float:

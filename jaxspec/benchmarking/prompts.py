@@ -23,16 +23,11 @@ def heldout_prompts(tokenizer, count: int, length: int, per_file: int = 1, spaci
     Raises:
       ValueError: too few held-out files have the tokens asked for.
     """
-    from jaxspec.training import data  # kept lazy: importing jaxspec.training imports optax
-
-    if per_file > 1 and spacing < length:
-        raise ValueError(f"spacing={spacing} must be >= length={length} so that one file's prompts do not overlap.")
     needed = (per_file - 1) * spacing + length
     prompts = []
-    for text in data.heldout_texts():
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        if len(ids) >= needed:
-            prompts.extend(ids[j * spacing : j * spacing + length] for j in range(per_file))
+    for held in _prompts_of_each_file(tokenizer, length, per_file, spacing):
+        if len(held) == per_file:
+            prompts.extend(held)
         if len(prompts) >= count:
             break
     if len(prompts) < count:
@@ -44,6 +39,17 @@ def heldout_prompts(tokenizer, count: int, length: int, per_file: int = 1, spaci
     return np.asarray(prompts[:count], np.int32)
 
 
+def _prompts_of_each_file(tokenizer, length: int, per_file: int, spacing: int):
+    """Yields, for each held-out file in turn, the list of its (up to `per_file`) prompts `spacing` tokens apart."""
+    from jaxspec.training import data  # kept lazy: importing jaxspec.training imports optax
+
+    if per_file > 1 and spacing < length:
+        raise ValueError(f"spacing={spacing} must be >= length={length} so that one file's prompts do not overlap.")
+    for text in data.heldout_texts():
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        yield [ids[j * spacing : j * spacing + length] for j in range(per_file) if j * spacing + length <= len(ids)]
+
+
 def prompt_files(count: int, per_file: int = 1) -> np.ndarray:
     """int [count]: which held-out file each row of `heldout_prompts(..., count, per_file=per_file)` came from.
 
@@ -51,6 +57,34 @@ def prompt_files(count: int, per_file: int = 1) -> np.ndarray:
     [0, 0, 1, 1, 2]
     """
     return np.arange(count) // per_file
+
+
+def heldout_prompts_by_file(tokenizer, count: int, length: int, max_per_file: int, spacing: int):
+    """(int32 [count, length] prompts, int [count] file of each): up to `max_per_file` prompts from every held-out file.
+
+    Like `heldout_prompts(..., per_file=max_per_file, spacing=spacing)`, but a
+    file too short for all of them gives as many as it holds (the j-th prompt
+    needs j * `spacing` + `length` tokens) instead of none: every held-out file
+    with `length` tokens is used, so the runs' standard error pools over as
+    many independent files as there are. Give the second array as the clusters
+    of `metrics.paired_speedup` / `metrics.speedup_of_means`.
+
+    Raises:
+      ValueError: the held-out files hold fewer than `count` such prompts.
+    """
+    prompts, files = [], []
+    for held in _prompts_of_each_file(tokenizer, length, max_per_file, spacing):
+        if held:
+            files.extend([files[-1] + 1 if files else 0] * len(held))
+            prompts.extend(held)
+        if len(prompts) >= count:
+            break
+    if len(prompts) < count:
+        raise ValueError(
+            f"the held-out files hold only {len(prompts)} prompts of {length} tokens at most {max_per_file} per file "
+            f"{spacing} tokens apart; ask for at most that many runs, or more per file."
+        )
+    return np.asarray(prompts[:count], np.int32), np.asarray(files[:count])
 
 
 def ngram_prompt_sets(tokenizer, count: int, length: int, seed: int = 0) -> dict[str, np.ndarray]:

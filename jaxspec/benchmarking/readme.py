@@ -98,6 +98,13 @@ def vs_transformers_section(results_dir: str) -> str | None:
     )
 
 
+def _with_se(row: dict, field: str) -> str:
+    """'1.23x ± 0.045' (the standard error when the row has `field`_se), or '-' when the row lacks `field`."""
+    if field not in row:
+        return "-"
+    return f"{row[field]:.2f}x" + (f" ± {row[field + '_se']:.3f}" if field + "_se" in row else "")
+
+
 def sweep_section(results_dir: str, folder: str = "benchmark") -> str | None:
     """Batch 1 in full, then the best cell of every (batch, temperature); the CSV has all rows."""
     d = _load(results_dir, folder, "sweep.json")
@@ -112,8 +119,8 @@ def sweep_section(results_dir: str, folder: str = "benchmark") -> str | None:
             r["verify"],
             f"{r['alpha']:.3f}",
             f"{r['tokens_per_round']:.2f}",
-            f"{r['speedup']:.2f}x" + (f" ± {r['speedup_se']:.3f}" if "speedup_se" in r else ""),
-            f"{r['speedup_of_means']:.2f}x" if "speedup_of_means" in r else "-",
+            _with_se(r, "speedup"),
+            _with_se(r, "speedup_of_means"),
             f"{r['predicted_speedup']:.2f}x",
             f"{r['efficiency']:.2f}",
         ]

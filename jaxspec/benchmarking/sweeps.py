@@ -38,8 +38,9 @@ from jaxspec.benchmarking.metrics import (
     efficiency,
     paired_difference,
     paired_speedup,
+    speedup_of_means,
 )
-from jaxspec.benchmarking.prompts import heldout_prompts, ngram_prompt_sets, prompt_files
+from jaxspec.benchmarking.prompts import heldout_prompts, heldout_prompts_by_file, ngram_prompt_sets
 from jaxspec.benchmarking.sizes import sized_config
 from jaxspec.benchmarking.timing import mean_std, time_interleaved
 from jaxspec.models.model import init_model
@@ -67,7 +68,8 @@ class BenchmarkConfig:
       prompt_tokens: prompt length (tokens) cut from held-out files.
       num_runs: timed runs per cell (each with another prompt).
       repeats: timed calls per run, the fastest kept (`timing.time_interleaved`).
-      prompts_per_file: held-out prompts cut from each file (sweep mode); the
+      prompts_per_file: held-out prompts cut from each file at most (sweep mode;
+        shorter files give fewer, `prompts.heldout_prompts_by_file`); the
         standard errors then treat one file's prompts as one cluster.
       size_pairs: draft:target names of `sizes.HF_SIZES` (size mode).
     """
@@ -192,7 +194,7 @@ def sweep_row(
 ) -> dict:
     """One sweep cell: acceptance, measured speedup (paired per prompt) and the speedup the costs predict.
 
-    `clusters` [num_runs]: the held-out file of each run's prompt (`prompts.prompt_files`).
+    `clusters` [num_runs]: the held-out file of each run's prompt (`prompts.heldout_prompts_by_file`).
     """
     counts = acceptance_summary(results)
     alpha, tokens_per_round = counts["alpha_per_draft"], counts["tokens_per_target_call"]
@@ -222,7 +224,7 @@ def sweep_row(
         predicted_from_alpha=loop.predicted_speedup(n, k, costs.tokens_per_round_tokenwise(alpha, k))
         if v == "tokenwise"
         else None,
-        speedup_of_means=ar_mean / mean,
+        **speedup_of_means(ar["times_s"], timing["times_s"], clusters),
         efficiency=efficiency(ar_mean, mean, predicted),
         target_step_ms=loop.target_step_ms,
         round_calls_ms=loop.round_calls(k),
@@ -245,10 +247,10 @@ def sweep(config: BenchmarkConfig, log: Callable[[str], None]) -> dict:
     target, draft, tokenizer = _load_pair(config)
     ks, temps, batches, rules, n = config.K, config.temperatures, config.batch_sizes, config.verify, config.N
     per_file = config.prompts_per_file
-    prompts = heldout_prompts(
-        tokenizer, config.num_runs + 1, config.prompt_tokens, per_file=per_file, spacing=config.prompt_tokens + n
+    # Run i decodes prompts[i]; clusters[i] is its file.
+    prompts, clusters = heldout_prompts_by_file(
+        tokenizer, config.num_runs, config.prompt_tokens, max_per_file=per_file, spacing=config.prompt_tokens + n
     )
-    clusters = prompt_files(config.num_runs, per_file)  # run i decodes prompts[i]
     model_costs, overheads, interleaved = {}, {}, {}
 
     def measure_costs(b: int, t: float) -> None:
