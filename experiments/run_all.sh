@@ -2,7 +2,7 @@
 # Regenerates every table of README.md's "Measured results" on the shipped pair, one script after another
 # (one line per start/end in results/logs/run_all.log; each script's own log beside it). Keep the machine idle:
 # the benchmarks time both methods interleaved, and other work on the cores widens their standard errors.
-#   bash experiments/run_all.sh            # ~125 min on 2 CPU cores (the batch-1 sweep alone ~62)
+#   bash experiments/run_all.sh            # ~135 min on 2 CPU cores (the batch-1 sweep alone ~72)
 #   bash experiments/run_all.sh compare ngram   # only the named steps
 set -uo pipefail
 export PYTHONUNBUFFERED=1  # each log shows its lines as they happen
