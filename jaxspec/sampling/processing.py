@@ -280,9 +280,9 @@ def valid_rows(logits: jax.Array) -> jax.Array:
     Args:
       logits: float [..., V].
     """
-    logits = jnp.asarray(logits)
-    broken = jnp.any(jnp.isnan(logits) | (logits == jnp.inf), axis=-1)
-    return ~broken & jnp.any(jnp.isfinite(logits), axis=-1)
+    # One reduction: the row max is NaN if any entry is (XLA's max propagates NaN), +inf if any entry
+    # is, -inf if no entry is finite, and finite exactly when the row has a distribution.
+    return jnp.isfinite(jnp.max(jnp.asarray(logits), axis=-1))
 
 
 def _order_keys(x: jax.Array) -> jax.Array:
@@ -433,20 +433,28 @@ def processed_logprobs(logits: jax.Array, settings: SamplingConfig | SamplingPar
     temperature = _per_row(params.temperature, ndim)
     top_k = _per_row(params.top_k, ndim)
     top_p = _per_row(params.top_p, ndim)
-    logits = jnp.where(valid_rows(logits)[..., None], logits, 0.0)
+    row_max = jnp.max(logits, axis=-1, keepdims=True)
+    valid = jnp.isfinite(row_max)  # as `valid_rows`, sharing the max
+    logits = jnp.where(valid, logits, 0.0)
     greedy = temperature == 0
     # Subtracting the row max first (softmax-invariant) keeps x / T finite even
-    # for tiny T: the max maps to 0 and everything else to <= 0 (or -inf).
-    x = (logits - jnp.max(logits, axis=-1, keepdims=True)) / jnp.where(greedy, 1.0, temperature)
+    # for tiny T: the max maps to +0 and everything else to <= 0 (or -inf).
+    x = (logits - jnp.where(valid, row_max, 0.0)) / jnp.where(greedy, 1.0, temperature)
     vocab = logits.shape[-1]
     # The filters run only when some row uses them (a runtime test, not a recompile).
     uses_filters = jnp.any((((top_k > 0) & (top_k < vocab)) | (top_p < 1.0)) & ~greedy)
     x = jax.lax.cond(uses_filters, _filter, lambda x, *_: x, x, top_k, top_p)
-    logprobs = jax.nn.log_softmax(x, axis=-1)
-    best = draws.argmax_first(logits)[..., None]
-    vocab_ids = jax.lax.broadcasted_iota(jnp.int32, logits.shape, ndim - 1)
-    one_hot = jnp.where(vocab_ids == best, jnp.float32(0.0), -jnp.inf)
-    return jnp.where(greedy, one_hot, logprobs)
+    # Every row's max is exactly +0 (the filters keep the max), so this is bit for bit
+    # jax.nn.log_softmax(x) without its own max pass over the vocabulary.
+    logprobs = x - jnp.log(jnp.sum(jnp.exp(x), axis=-1, keepdims=True))
+
+    def greedy_rows_one_hot(logprobs):
+        best = draws.argmax_first(logits)[..., None]
+        vocab_ids = jax.lax.broadcasted_iota(jnp.int32, logits.shape, ndim - 1)
+        return jnp.where(greedy, jnp.where(vocab_ids == best, jnp.float32(0.0), -jnp.inf), logprobs)
+
+    # The argmax (two passes over the vocabulary) only when some row is greedy.
+    return jax.lax.cond(jnp.any(greedy), greedy_rows_one_hot, lambda logprobs: logprobs, logprobs)
 
 
 def processed_probs(logits: jax.Array, settings: SamplingConfig | SamplingParams) -> jax.Array:
