@@ -157,6 +157,26 @@ def test_smallest_normal_temperature_is_greedy_like_not_nan():
     np.testing.assert_array_equal(tiny.tokens, greedy.tokens)
 
 
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+def test_rows_without_a_distribution_are_flagged_at_gpt2_vocabulary_size(jit):
+    """A NaN anywhere in a 50,257-wide row (XLA:CPU's vectorised max can drop it), a +inf, or no finite entry."""
+    vocab = 50_257
+    logits = np.zeros((9, vocab), np.float32)
+    for row, column in enumerate((0, 17, 4_096, vocab - 1)):
+        logits[row, column] = np.nan
+    logits[4, 30_000] = np.inf
+    logits[5] = -np.inf
+    logits[6, :-1] = -np.inf  # one finite entry: a distribution
+    logits[7, 123] = -np.inf
+    expected = [False] * 6 + [True] * 3
+    check = jax.jit(valid_rows) if jit else valid_rows
+    np.testing.assert_array_equal(check(logits), expected)
+    probs = jax.jit(processed_probs, static_argnums=1)(logits, SamplingConfig())
+    np.testing.assert_array_equal(np.isfinite(np.asarray(probs)).all(axis=-1), True)
+    # Invalid rows are processed as all-zero logits: uniform.
+    np.testing.assert_allclose(np.asarray(probs)[:6], 1 / vocab, rtol=1e-5)
+
+
 def test_rows_without_a_distribution_are_flagged_and_never_nan():
     logits = np.array(
         [[np.nan, 1.0, 2.0], [-np.inf, -np.inf, -np.inf], [1.0, np.inf, 0.0], [0.0, -np.inf, 5.0]], np.float32

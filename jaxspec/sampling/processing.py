@@ -280,9 +280,18 @@ def valid_rows(logits: jax.Array) -> jax.Array:
     Args:
       logits: float [..., V].
     """
-    # One reduction: the row max is NaN if any entry is (XLA's max propagates NaN), +inf if any entry
-    # is, -inf if no entry is finite, and finite exactly when the row has a distribution.
-    return jnp.isfinite(jnp.max(jnp.asarray(logits), axis=-1))
+    logits = jnp.asarray(logits)
+    return _valid_given_max(logits, jnp.max(logits, axis=-1))
+
+
+def _valid_given_max(logits: jax.Array, row_max: jax.Array) -> jax.Array:
+    """`valid_rows` from the row max (any shape broadcasting against logits[..., 0]).
+
+    Without NaN the max is +inf iff some entry is, -inf iff none is finite. A
+    NaN is looked for on its own: XLA:CPU's vectorised max drops NaN in some
+    lanes (a NaN at index 17 of 5,000 gave a max of 0).
+    """
+    return jnp.isfinite(row_max) & ~jnp.any(jnp.isnan(logits), axis=-1).reshape(row_max.shape)
 
 
 def _order_keys(x: jax.Array) -> jax.Array:
@@ -434,7 +443,7 @@ def processed_logprobs(logits: jax.Array, settings: SamplingConfig | SamplingPar
     top_k = _per_row(params.top_k, ndim)
     top_p = _per_row(params.top_p, ndim)
     row_max = jnp.max(logits, axis=-1, keepdims=True)
-    valid = jnp.isfinite(row_max)  # as `valid_rows`, sharing the max
+    valid = _valid_given_max(logits, row_max)  # as `valid_rows`, sharing the max
     logits = jnp.where(valid, logits, 0.0)
     greedy = temperature == 0
     # Subtracting the row max first (softmax-invariant) keeps x / T finite even
