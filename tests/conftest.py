@@ -11,6 +11,40 @@ GOLDEN_MODELS = ("gpt2_tiny", "opt_tiny", "opt_350m_style", "opt_proj_preln")
 LLAMA_GOLDEN_MODELS = ("llama_gqa", "llama_mha_linear", "llama3_rope", "qwen2_tiny", "mistral_tiny")
 
 
+_RUN_CACHE_ENV = "JAXSPEC_TEST_COMPILATION_CACHE"
+
+
+def pytest_configure(config):
+    """One compilation cache per test run, shared by the xdist workers and across test modules.
+
+    XLA's compiles are most of the suite's time (BUILD_NOTES, "Test suite time"), and the same
+    programs are compiled again in later modules (`_release_compiled_programs` drops them) and in
+    the other worker. A run starts with an empty cache (the timings stay those of a fresh
+    machine) and removes it at the end; set JAX_COMPILATION_CACHE_DIR to keep one across runs.
+    """
+    import tempfile
+
+    import jax
+
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return  # the user's own cache, used as is
+    if _RUN_CACHE_ENV not in os.environ:  # the controller (or a run without workers): the workers inherit it
+        os.environ[_RUN_CACHE_ENV] = tempfile.mkdtemp(prefix="jaxspec-test-xla-")
+        config._jaxspec_run_cache = os.environ[_RUN_CACHE_ENV]
+    jax.config.update("jax_compilation_cache_dir", os.environ[_RUN_CACHE_ENV])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def pytest_unconfigure(config):
+    import shutil
+
+    run_cache = getattr(config, "_jaxspec_run_cache", None)
+    if run_cache:
+        shutil.rmtree(run_cache, ignore_errors=True)
+        os.environ.pop(_RUN_CACHE_ENV, None)
+
+
 def pytest_xdist_auto_num_workers(config):
     """`-n auto` (pyproject's addopts): one worker per core, at most 4 (each worker holds its own
     compiled programs, ~1-2 GB on the large-vocabulary tests)."""
