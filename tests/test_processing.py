@@ -21,6 +21,7 @@ from jaxspec.sampling.processing import (
     processed_logprobs,
     processed_probs,
     sample_from_probs,
+    sampling_params,
 )
 
 ALPHA = 1e-3  # significance level of every statistical test in this file
@@ -197,6 +198,22 @@ def test_greedy_is_exact_one_hot_at_first_argmax():
         np.testing.assert_array_equal(logprobs, [[NEG_INF, 0.0, NEG_INF, NEG_INF], [0.0] + [NEG_INF] * 3])
         np.testing.assert_array_equal(processed_probs(logits, config), [[0, 1, 0, 0], [1, 0, 0, 0]])
     assert not SamplingConfig(temperature=1e-6).is_greedy
+
+
+def test_greedy_ties_at_gpt2_vocabulary_go_to_the_lowest_index():
+    """Equal maxima far apart, +0 and -0 (equal values), and a max only at the last id."""
+    vocab = 50_257
+    logits = np.full((4, vocab), -np.inf, np.float32)
+    logits[0, [7, 30_000, vocab - 1]] = 3.0
+    logits[1, 40_000], logits[1, 45_000] = -0.0, 0.0
+    logits[2, 45_000], logits[2, 40_000] = -0.0, 0.0
+    logits[3, :] = -1.0
+    logits[3, vocab - 1] = 2.0
+    params = sampling_params(np.zeros(4), 0, 1.0, 4)
+    for probs in (processed_probs(logits, SamplingConfig(temperature=0.0)), jax.jit(processed_probs)(logits, params)):
+        probs = np.asarray(probs)
+        assert np.argmax(probs, axis=-1).tolist() == [7, 40_000, 40_000, vocab - 1]
+        np.testing.assert_array_equal(probs.sum(-1), 1.0)
 
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.float32])
