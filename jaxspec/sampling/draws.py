@@ -55,12 +55,12 @@ def random_bits(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
 def argmax_first(x: jax.Array) -> jax.Array:
     """int32 [...]: index of the largest entry of x [..., V], the lowest on ties (as jnp.argmax, no NaN).
 
-    Written as a max then a min over indices: two vectorised reductions, ~15x
-    faster on XLA:CPU than argmax's variadic (value, index) reduction.
+    `lax.top_k`'s winner is the lowest index among equal values, and on
+    XLA:CPU it is ~2.7x faster than a max then a min over indices at [512,
+    50,257] (36 vs 97 ms). It orders -0 below +0, so zeros are made +0 first.
     """
-    best = jnp.max(x, axis=-1, keepdims=True)
-    ids = jax.lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1)
-    return jnp.min(jnp.where(x == best, ids, x.shape[-1]), axis=-1)
+    x = jnp.where(x == 0, jnp.zeros_like(x), x)
+    return jax.lax.top_k(x, 1)[1][..., 0]
 
 
 def _half_uniform(key: jax.Array, size: int) -> tuple[jax.Array, jax.Array]:

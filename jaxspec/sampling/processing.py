@@ -458,10 +458,7 @@ def processed_logprobs(logits: jax.Array, settings: SamplingConfig | SamplingPar
     logprobs = x - jnp.log(jnp.sum(jnp.exp(x), axis=-1, keepdims=True))
 
     def greedy_rows_one_hot(logprobs):
-        # lax.top_k keeps the lowest index among equal values (the rule `draws.categorical` uses
-        # too) and is faster than `draws.argmax_first`'s two passes (36 vs 97 ms at [512, 50,257]). It orders
-        # -0 below +0, so zeros are made +0 first; there is no NaN here (invalid rows were zeroed).
-        best = jax.lax.top_k(jnp.where(logits == 0, 0.0, logits), 1)[1]
+        best = draws.argmax_first(logits)[..., None]  # no NaN here: invalid rows were zeroed
         vocab_ids = jax.lax.broadcasted_iota(jnp.int32, logits.shape, ndim - 1)
         return jnp.where(greedy, jnp.where(vocab_ids == best, jnp.float32(0.0), -jnp.inf), logprobs)
 
