@@ -233,10 +233,22 @@ _jit_logprobs = jax.jit(processed_logprobs, static_argnums=1)
 _jit_probs = jax.jit(processed_probs, static_argnums=1)
 
 
-def test_probs_are_exactly_exp_logprobs():
-    logits = np.random.default_rng(0).normal(size=(3, 5, 11)).astype(np.float32) * 3
-    config = SamplingConfig(temperature=1.3, top_k=7, top_p=0.8)
-    np.testing.assert_array_equal(_jit_probs(logits, config), jnp.exp(_jit_logprobs(logits, config)))
+def test_probs_are_the_law_of_logprobs():
+    """processed_probs (exp / sum) and processed_logprobs give the same law: the same
+    support, each within a few float32 ulp of the float64 softmax over that support."""
+    logits = np.random.default_rng(0).normal(size=(4, 5, 11)).astype(np.float32) * 3
+    params = sampling_params([1.3, 0.0, 0.7, 1.0], [7, 0, 0, 3], [0.8, 1.0, 0.5, 0.9], 4)
+    probs = np.asarray(jax.jit(processed_probs)(logits, params), np.float64)
+    logprobs = np.asarray(jax.jit(processed_logprobs)(logits, params), np.float64)
+    np.testing.assert_array_equal(probs == 0, np.isneginf(logprobs))
+    temperature = np.asarray(params.temperature, np.float64)[:, None, None]
+    x = np.where(np.isneginf(logprobs), -np.inf, logits / np.where(temperature == 0, 1.0, temperature))
+    law = np.exp(x - x.max(-1, keepdims=True))
+    law /= law.sum(-1, keepdims=True)
+    law[1] = np.exp(logprobs[1])  # the greedy row: an exact one-hot either way
+    np.testing.assert_allclose(probs, law, rtol=4e-7, atol=0)
+    np.testing.assert_allclose(np.exp(logprobs), law, rtol=2e-6, atol=0)
+    assert set(np.unique(probs[1])) == {0.0, 1.0}
 
 
 @pytest.mark.parametrize("shape", [(7,), (2, 7), (2, 3, 7)])
