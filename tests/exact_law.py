@@ -89,13 +89,19 @@ def check(tokens, law, draft_law, label):
 
 def first_token_laws(target, draft, sampling):
     """p1 under `sampling`, q1 under the draft's default settings (the target's, without top-p)."""
-    laws = []
     draft_sampling = dataclasses.replace(sampling, top_p=1.0)
-    for model, settings in ((target, sampling), (draft, draft_sampling)):
-        cache = model.init_cache(1, len(PROMPT))
-        logits, _ = model(jnp.asarray([PROMPT]), cache)
-        laws.append(np.asarray(processed_probs(logits[0, -1], settings), np.float64))
-    return laws
+    return [_last_position_law(target, sampling), _last_position_law(draft, draft_sampling)]
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _jitted_last_position_law(model, sampling: SamplingConfig):
+    logits, _ = model(jnp.asarray([PROMPT]), model.init_cache(1, len(PROMPT)))
+    return processed_probs(logits[0, -1], sampling)
+
+
+def _last_position_law(model, sampling: SamplingConfig) -> np.ndarray:
+    """float64 [V]: the processed law after PROMPT (one jitted pass: eager layers compile op by op)."""
+    return np.asarray(_jitted_last_position_law(model, sampling), np.float64)
 
 
 def check_first_acceptance(out, target, draft, sampling):

@@ -94,18 +94,21 @@ def test_pool_is_a_fifo_of_chunks():
 
 
 def test_distill_loss_is_zero_for_the_target_itself_and_has_finite_gradients():
+    # Jitted as the trainer runs them (eager layers and their gradients compile op by op).
+    sequence_logprobs = jax.jit(distillation.sequence_logprobs, static_argnums=(2, 3))
+    static = ("prompt_len", "config", "kind")
+    loss_fn = jax.jit(distillation.distill_loss, static_argnames=static)
+    grad_fn = jax.jit(jax.grad(distillation.distill_loss), static_argnames=static)
     model = random_model(tiny_config("gpt2", vocab_size=16, max_positions=16), 0, scale=3.0)
     config = SamplingConfig(temperature=0.8)
     tokens_BxL = jnp.asarray(np.random.default_rng(0).integers(0, 16, (2, 7)), jnp.int32)
-    p = distillation.sequence_logprobs(model, tokens_BxL, 3, config)
+    p = sequence_logprobs(model, tokens_BxL, 3, config)
     assert p.shape == (2, 4, 16)
     mask = jnp.ones((2, 4), bool)
-    loss = distillation.distill_loss(model.params, model, tokens_BxL, p, mask, prompt_len=3, config=config, kind="fkl")
+    loss = loss_fn(model.params, model, tokens_BxL, p, mask, prompt_len=3, config=config, kind="fkl")
     assert abs(float(loss)) < 1e-5
     other = random_model(model.config, 1, scale=3.0)
-    grads = jax.grad(distillation.distill_loss)(
-        other.params, model, tokens_BxL, p, mask, prompt_len=3, config=config, kind="tv"
-    )
+    grads = grad_fn(other.params, model, tokens_BxL, p, mask, prompt_len=3, config=config, kind="tv")
     assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
 
 

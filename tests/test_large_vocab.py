@@ -57,9 +57,15 @@ def _models():
     return _constant_model(RARE_TARGET, 0), _constant_model(RARE_DRAFT, 1)
 
 
-def _law(model) -> np.ndarray:
+@jax.jit
+def _jitted_law(model):
     logits, _ = model(jnp.zeros((1, 1), jnp.int32), model.init_cache(1, 1))
-    return np.asarray(processed_probs(logits[0, 0], SamplingConfig()), np.float64)
+    return processed_probs(logits[0, 0], SamplingConfig())
+
+
+def _law(model) -> np.ndarray:
+    """float64 [V]: the model's next-token law (one jitted pass, not op-by-op compiles)."""
+    return np.asarray(_jitted_law(model), np.float64)
 
 
 def _check_rate(tokens: np.ndarray, eps: float, label: str) -> None:
