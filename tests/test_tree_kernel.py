@@ -52,6 +52,9 @@ from jaxspec.sampling.tree import (
     verify_tree_traversal,
 )
 
+# Tiny models: compiles dominate, so trade run time for faster compiles (conftest).
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
 ALPHA = 1e-3
 N_MC = 200_000
 
