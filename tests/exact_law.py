@@ -93,15 +93,11 @@ def first_token_laws(target, draft, sampling):
     return [_last_position_law(target, sampling), _last_position_law(draft, draft_sampling)]
 
 
-@functools.partial(jax.jit, static_argnums=1)
-def _jitted_last_position_law(model, sampling: SamplingConfig):
-    logits, _ = model(jnp.asarray([PROMPT]), model.init_cache(1, len(PROMPT)))
-    return processed_probs(logits[0, -1], sampling)
-
-
 def _last_position_law(model, sampling: SamplingConfig) -> np.ndarray:
     """float64 [V]: the processed law after PROMPT (one jitted pass: eager layers compile op by op)."""
-    return np.asarray(_jitted_last_position_law(model, sampling), np.float64)
+    prompt = jnp.asarray([PROMPT])
+    probs = _processed_full_pass(model, prompt, model.init_cache(1, len(PROMPT)), sampling)
+    return np.asarray(probs[0, -1], np.float64)
 
 
 def check_first_acceptance(out, target, draft, sampling):
