@@ -14,8 +14,24 @@ LLAMA_GOLDEN_MODELS = ("llama_gqa", "llama_mha_linear", "llama3_rope", "qwen2_ti
 _RUN_CACHE_ENV = "JAXSPEC_TEST_COMPILATION_CACHE"
 
 
+# The suite's compile settings: "fast" (the default) or "full" (XLA exactly as users run it).
+_XLA_TIER_ENV = "JAXSPEC_TEST_XLA"
+# Fast tier, for every test: XLA:CPU's older elemental fusion codegen (~15% faster compiles at the
+# same run time; BUILD_NOTES, "Test suite time"). Each module also compiles with LLVM at -O0 unless
+# marked `optimized` (`_compile_tier`).
+_FAST_XLA_FLAGS = ("--xla_cpu_use_fusion_emitters=false",)
+
+
+def _fast_xla() -> bool:
+    tier = os.environ.get(_XLA_TIER_ENV, "fast")
+    if tier not in ("fast", "full"):
+        raise pytest.UsageError(f"{_XLA_TIER_ENV}={tier!r}: use 'fast' (the default) or 'full'.")
+    return tier == "fast"
+
+
 def pytest_configure(config):
-    """One compilation cache per test run, shared by the xdist workers and across test modules.
+    """The fast tier's XLA flags, and one compilation cache per test run, shared by the xdist
+    workers and across test modules.
 
     XLA's compiles are most of the suite's time (BUILD_NOTES, "Test suite time"), and the same
     programs are compiled again in later modules (`_release_compiled_programs` drops them) and in
@@ -23,6 +39,10 @@ def pytest_configure(config):
     machine) and removes it at the end; set JAX_COMPILATION_CACHE_DIR to keep one across runs.
     """
     import tempfile
+
+    if _fast_xla():  # before jax starts its backend, which reads XLA_FLAGS once (the workers inherit it)
+        flags = os.environ.get("XLA_FLAGS", "").split()
+        os.environ["XLA_FLAGS"] = " ".join(flags + [f for f in _FAST_XLA_FLAGS if f not in flags])
 
     import jax
 
@@ -66,13 +86,17 @@ def golden_name(request):
     return request.param
 
 
-@pytest.fixture
-def fast_compile():
-    """Trades run time for compile time (~30% faster compiles) in tests whose
-    models are tiny and whose cost is almost all compilation."""
+@pytest.fixture(autouse=True, scope="module")
+def _compile_tier(request):
+    """LLVM at -O0 (`jax_disable_most_optimizations`) for every module not marked `optimized`.
+
+    Set up before the module's other fixtures (autouse, module scope), so module-scoped models and
+    servers compile in the same tier as the tests. Off under JAXSPEC_TEST_XLA=full.
+    """
     import jax
 
-    jax.config.update("jax_disable_most_optimizations", True)
+    fast = _fast_xla() and request.node.get_closest_marker("optimized") is None
+    jax.config.update("jax_disable_most_optimizations", fast)
     yield
     jax.config.update("jax_disable_most_optimizations", False)
 

@@ -36,7 +36,7 @@ def tiny_pair(tmp_path_factory):
 
 
 def _run(*args, timeout=300):
-    # Tiny models: compile time dominates, so trade run time for faster compiles (as the fast_compile fixture).
+    # Tiny models: compile time dominates, so trade run time for faster compiles (as tests/conftest.py's fast tier).
     env = dict(os.environ, PYTHONPATH=REPO, JAX_DISABLE_MOST_OPTIMIZATIONS="1")
     return subprocess.run(
         [sys.executable, os.path.join(EXPERIMENTS, "distill_draft.py"), *args],

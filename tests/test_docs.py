@@ -6,7 +6,6 @@ import importlib
 import pytest
 
 # Tiny models: compiles dominate, so trade run time for faster compiles (conftest).
-pytestmark = pytest.mark.usefixtures("fast_compile")
 
 MODULES = [
     "jaxspec.benchmarking.drafting",

@@ -10,8 +10,6 @@ from jaxspec import NgramDrafter, autoregressive_sample, speculative_sample
 from jaxspec.generation.provenance import ACCEPTED_DRAFT, BONUS, RESAMPLED
 from jaxspec.testing import random_model, tiny_config
 
-pytestmark = pytest.mark.usefixtures("fast_compile")
-
 
 def _reference_lookup(tokens, length, k, min_n, max_n):
     """Most recent earlier occurrence of the longest matching suffix, continued periodically."""

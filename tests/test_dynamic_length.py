@@ -27,7 +27,6 @@ from jaxspec.sampling.accept import residual_distribution, verify_block, verify_
 from jaxspec.sampling.processing import sample_from_probs
 
 # Tiny models: compiles dominate, so trade run time for faster compiles (conftest).
-pytestmark = pytest.mark.usefixtures("fast_compile")
 
 ALPHA = 1e-3
 N = 100_000

@@ -31,7 +31,6 @@ PROMPTS = [[1, 2, 3], [4, 5, 6, 7, 8], [9], [10, 11, 12, 13], [14, 15], [16, 17,
 
 @pytest.fixture(scope="module")
 def models():
-    jax.config.update("jax_disable_most_optimizations", True)  # tiny models: compile time dominates
     target = random_model(tiny_config("gpt2", vocab_size=VOCAB, max_positions=32), 0, scale=5.0)
     draft = random_model(tiny_config("opt", vocab_size=VOCAB, max_positions=32), 1, scale=5.0)
     ref = jaxspec.autoregressive_sample(
@@ -39,7 +38,6 @@ def models():
     )
     expected = [tuple(int(t) for t in row[:n]) for row, n in zip(np.asarray(ref.tokens), np.asarray(ref.lengths))]
     yield target, draft, expected
-    jax.config.update("jax_disable_most_optimizations", False)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ from jaxspec.testing import random_model, tiny_config
 
 VOCAB = 48
 
-pytestmark = pytest.mark.usefixtures("fast_compile")
 PROMPTS = [[5, 17, 3, 9, 22], [8], [40, 2, 2]]  # ragged: lengths 5, 1, 3
 
 

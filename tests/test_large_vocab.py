@@ -38,6 +38,10 @@ RARE_DRAFT = 1e-6  # under the draft: rare ids are drafted ~5% of the time and m
 ROWS, TOKENS = 512, 100  # 51,200 draws per loop
 SIGMAS = 5.0
 
+# Run time (51,200 draws over 50,257 ids per loop), not compiles, is this module's cost: LLVM at -O0
+# made it ~5x slower, so it keeps the optimizations users run with (tests/conftest.py).
+pytestmark = pytest.mark.optimized
+
 
 def _constant_model(rare: float, seed: int):
     """A GPT-2-shaped model whose next-token law is top id at 1 - (V-1) rare, every other id at `rare`."""

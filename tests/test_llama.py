@@ -23,8 +23,6 @@ from jaxspec import CheckpointError, DecoderConfig, UnsupportedModelError
 from jaxspec.models import abstract_params
 from jaxspec.models.rope import inverse_frequencies
 
-pytestmark = pytest.mark.usefixtures("fast_compile")
-
 
 @functools.cache
 def _model(name: str, dtype=jnp.float32):

@@ -16,8 +16,6 @@ from jaxspec import NgramDrafter, autoregressive_sample, quantize_model, specula
 from jaxspec.sampling.processing import SamplingConfig
 from jaxspec.testing import random_model, tiny_config
 
-pytestmark = pytest.mark.usefixtures("fast_compile")
-
 VOCAB = 24
 PROMPTS = [[1, 2, 3, 1, 2, 3, 1], [7, 7], [4, 5, 6, 4, 5]]  # ragged, with repeats for the lookup
 

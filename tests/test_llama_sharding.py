@@ -100,7 +100,7 @@ def test_query_heads_the_axis_does_not_divide_are_an_error(results):
     assert "num_heads (attention heads)=6" in message and "size 4" in message
 
 
-def test_default_rules_on_one_device(fast_compile):
+def test_default_rules_on_one_device():
     """The spec table and the split decision given a mesh (a model axis of size 1 divides any count)."""
     model = random_model(tiny_config("llama", hidden_size=24, num_heads=6, num_key_value_heads=2), 0)
     rules = dict(jaxspec.default_rules("llama", split_kv_heads=False))

@@ -11,8 +11,6 @@ from conftest import GOLDEN_MODELS, fixture_path, golden
 
 import jaxspec
 
-pytestmark = pytest.mark.usefixtures("fast_compile")
-
 
 @functools.cache
 def _model(name: str, dtype=jnp.float32):

@@ -19,8 +19,6 @@ from jaxspec.models.quantize import quantize_kernel
 from jaxspec.sampling.processing import SamplingConfig
 from jaxspec.testing import random_model, tiny_config
 
-pytestmark = pytest.mark.usefixtures("fast_compile")
-
 _forward = jax.jit(lambda model, tokens, cache: model(tokens, cache)[0])
 
 

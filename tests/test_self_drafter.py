@@ -22,8 +22,6 @@ from jaxspec.generation.self_drafter import truncated_model
 from jaxspec.sampling.processing import SamplingConfig
 from jaxspec.testing import random_model, tiny_config
 
-pytestmark = pytest.mark.usefixtures("fast_compile")
-
 PROMPTS = [[1, 2, 3, 4, 5, 6], [7, 8], [9, 3, 9, 3]]
 
 

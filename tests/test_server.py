@@ -66,7 +66,6 @@ def get(base, path):
 def server(tmp_path_factory):
     from jaxspec import training
 
-    jax.config.update("jax_disable_most_optimizations", True)  # tiny models: compile time dominates
     texts = ["def f(x):\n    return x + 1\n", "import os\nprint(os.getcwd())\n", "def g(y):\n    return y * 2\n"] * 20
     tokenizer = training.train_tokenizer(texts, 300, str(tmp_path_factory.mktemp("tok")))
     eos = tokenizer.eos_token_id
@@ -113,7 +112,6 @@ def server(tmp_path_factory):
     uv.should_exit = True
     thread.join(15)
     sock.close()
-    jax.config.update("jax_disable_most_optimizations", False)
 
 
 def test_health_and_predict(server):

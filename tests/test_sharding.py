@@ -83,7 +83,7 @@ def test_decode_step_collectives(results, model_type):
     assert sum(r["outside"].values()) == 0
 
 
-def test_missing_mesh_axis_is_named(fast_compile):
+def test_missing_mesh_axis_is_named():
     mesh = Mesh(np.asarray(jax.devices()[:1]).reshape(1, 1), ("data", "model"))
     model = random_model(tiny_config("gpt2", hidden_size=24, num_heads=6), 0)
     jaxspec.shard_model(model, mesh)  # a model axis of size 1 divides any head count
@@ -91,7 +91,7 @@ def test_missing_mesh_axis_is_named(fast_compile):
         jaxspec.shard_model(model, mesh, model_axis="tensor")
 
 
-def test_rules_override_defaults(fast_compile):
+def test_rules_override_defaults():
     mesh = Mesh(np.asarray(jax.devices()[:1]).reshape(1, 1), ("data", "model"))
     model = random_model(tiny_config("opt"), 0)
     assert model.sharding is None
@@ -106,7 +106,7 @@ def test_rules_override_defaults(fast_compile):
     assert cache.keys.sharding.spec == PartitionSpec(None, "data", None, "model", None)
 
 
-def test_quantized_model_shards(fast_compile):
+def test_quantized_model_shards():
     mesh = Mesh(np.asarray(jax.devices()[:1]).reshape(1, 1), ("data", "model"))
     model = jaxspec.quantize_model(random_model(tiny_config("gpt2"), 0), min_size=0)
     sharded = jaxspec.shard_model(model, mesh)

@@ -18,7 +18,6 @@ from jaxspec.sampling.processing import SamplingConfig
 from jaxspec.testing import MarkovModel, markov_model, markov_sequence_law
 
 # Tiny models: compiles dominate, so trade run time for faster compiles (conftest).
-pytestmark = pytest.mark.usefixtures("fast_compile")
 
 VOCAB, NUM_TOKENS, ROWS, ALPHA = 8, 3, 40_000, 1e-3
 PROMPT = (5, 2)

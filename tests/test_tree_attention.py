@@ -13,8 +13,6 @@ import pytest
 from jaxspec.models.tree_attention import tree_attention
 from jaxspec.testing import random_model, tiny_config
 
-pytestmark = pytest.mark.usefixtures("fast_compile")
-
 VOCAB = 32
 PARENT_22 = [-1, 0, 0, 1, 1, 2, 2]  # root; depth 1: nodes 1, 2; node 1's children 3, 4; node 2's 5, 6
 PROMPTS = [[3, 7, 1, 9, 4, 2], [5, 8, 6]]  # ragged: row 1 is padded

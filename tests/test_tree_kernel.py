@@ -53,7 +53,6 @@ from jaxspec.sampling.tree import (
 )
 
 # Tiny models: compiles dominate, so trade run time for faster compiles (conftest).
-pytestmark = pytest.mark.usefixtures("fast_compile")
 
 ALPHA = 1e-3
 N_MC = 200_000

@@ -16,8 +16,6 @@ from jaxspec.generation.tree_speculative import draw_children
 from jaxspec.sampling.processing import SamplingConfig
 from jaxspec.testing import random_model, tiny_config
 
-pytestmark = pytest.mark.usefixtures("fast_compile")
-
 PROMPTS = [[1, 2, 3, 4, 5], [7, 8], [9, 3, 9]]
 
 
