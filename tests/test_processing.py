@@ -367,8 +367,8 @@ def _sorted_reference_logprobs(logits, temperature, top_k, top_p):
     [(1.0, 0, 0.9), (1.0, 1000, 1.0), (1.0, 1000, 0.95), (0.7, 300, 0.5), (1.0, 50, 0.999)],
 )
 def test_filters_at_gpt2_vocabulary_match_float64_reference(temperature, top_k, top_p):
-    # A flat law over 50,257 ids: the nucleus and k > 256 lie far beyond the
-    # 256 candidates of the fast path, so the exact fallback decides; a row
+    # A flat law over 50,257 ids: the nucleus and k > 64 lie far beyond the
+    # 64 candidates of the fast path, so the exact fallback decides; a row
     # the candidates settle shares the batch with one they do not.
     # The first seed whose laws have no cumulative mass within rounding of top_p.
     for seed in range(100):
@@ -454,6 +454,17 @@ def test_jit_matches_eager_and_does_not_retrace():
     # New values and an equal-but-distinct config object: no second trace.
     fn(logits + 1.0, SamplingConfig(temperature=0.8, top_k=5, top_p=0.9))
     fn(-logits, config)
+
+
+def test_static_settings_compile_to_the_candidates_top_k_not_a_sort():
+    """A `SamplingConfig` enters the program as constants; XLA:CPU then rewrote the 64-candidate
+    `lax.top_k` of a constant top-k into a full sort of every row (18x slower at [512, 50,257]).
+    Checked in the optimized HLO: no sort, for static settings as for traced ones."""
+    spec = jax.ShapeDtypeStruct((4, 50_257), jnp.float32)
+    for config in (SamplingConfig(top_k=50), SamplingConfig(temperature=0.7, top_k=50, top_p=0.9)):
+        hlo = jax.jit(lambda x, config=config: processed_probs(x, config)).lower(spec).compile().as_text()
+        assert not re.search(r"\bsort\(", hlo), config
+        assert "TopK" in hlo or "topk" in hlo.lower(), config  # the candidates' top_k is there
 
 
 def test_sample_jit_does_not_retrace():
