@@ -38,10 +38,6 @@ from stats import chi_square_test
 from jaxspec import NgramDrafter, autoregressive_sample, speculative_sample
 from jaxspec.sampling.processing import SamplingConfig
 
-# Run time (40,000-row loops), not compiles, is this module's cost: 74 s with the optimizations users
-# run with, 91 s in the fast tier's -O0 (tests/conftest.py), measured alone.
-pytestmark = pytest.mark.optimized
-
 
 @pytest.mark.parametrize("setting", SETTINGS)
 def test_speculative_matches_exact_target_law(setting):
