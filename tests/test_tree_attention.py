@@ -46,6 +46,12 @@ def _path(parent, node):
     return path[::-1]
 
 
+@jax.jit
+def _forward(model, tokens, cache, lengths=None, tree=None):
+    """One jitted pass (an eager pass compiles every op of every layer on its own)."""
+    return model(tokens, cache, lengths, tree=tree)
+
+
 def _prefilled(model, max_length=24):
     """The cache holding each row's prompt but its last token (the loops' invariant), and lengths."""
     width = max(map(len, PROMPTS))
@@ -54,7 +60,7 @@ def _prefilled(model, max_length=24):
         ids[b, : len(p)] = p
     lengths = np.array([len(p) - 1 for p in PROMPTS], np.int32)
     cache = model.init_cache(len(PROMPTS), max_length)
-    _, cache = model(jnp.asarray(ids[:, :-1]), cache, jnp.asarray(lengths))
+    _, cache = _forward(model, jnp.asarray(ids[:, :-1]), cache, jnp.asarray(lengths))
     return cache
 
 
@@ -110,7 +116,7 @@ def test_keep_path_leaves_the_cache_of_a_plain_pass(family):
     model = random_model(CONFIGS[family](), seed=3, scale=4.0)
     cache = _prefilled(model)
     start = cache.lengths
-    _, cache = model(jnp.asarray(NODES), cache, tree=tree_attention(PARENT_22))
+    _, cache = _forward(model, jnp.asarray(NODES), cache, tree=tree_attention(PARENT_22))
     paths = [[0, 2, 5], [0, 1]]
     path_BxP = np.zeros((2, 3), np.int32)
     for b, p in enumerate(paths):
@@ -118,7 +124,7 @@ def test_keep_path_leaves_the_cache_of_a_plain_pass(family):
     kept = cache.keep_path(start, jnp.asarray(path_BxP), jnp.asarray([len(p) for p in paths]))
     np.testing.assert_array_equal(kept.lengths, np.asarray(start) + [3, 2])
     nxt = jnp.asarray([[30], [31]], np.int32)
-    logits, _ = model(nxt, kept)
+    logits, _ = _forward(model, nxt, kept)
     for row, path in enumerate(paths):
         accepted = list(NODES[row, path]) + [int(nxt[row, 0])]
         expected = _chain_logits(model, row, accepted)[-1]
@@ -151,7 +157,7 @@ def test_feeding_the_tree_level_by_level_equals_one_pass(family):
     """Nodes 0..2 in one call, then nodes 3..6 (`feeding(3)`): the same logits as the whole tree at once."""
     model = random_model(CONFIGS[family](), seed=4, scale=4.0)
     tree = tree_attention(PARENT_22)
-    whole, _ = model(jnp.asarray(NODES), _prefilled(model), tree=tree)
-    first, cache = model(jnp.asarray(NODES[:, :3]), _prefilled(model), tree=tree)
-    second, cache = model(jnp.asarray(NODES[:, 3:]), cache, tree=tree.feeding(3))
+    whole, _ = _forward(model, jnp.asarray(NODES), _prefilled(model), tree=tree)
+    first, cache = _forward(model, jnp.asarray(NODES[:, :3]), _prefilled(model), tree=tree)
+    second, cache = _forward(model, jnp.asarray(NODES[:, 3:]), cache, tree=tree.feeding(3))
     np.testing.assert_allclose(np.concatenate([first, second], axis=1), whole, atol=2e-5, rtol=1e-5)
