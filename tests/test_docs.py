@@ -5,8 +5,6 @@ import importlib
 
 import pytest
 
-# Tiny models: compiles dominate, so trade run time for faster compiles (conftest).
-
 MODULES = [
     "jaxspec.benchmarking.drafting",
     "jaxspec.generation.autoregressive",

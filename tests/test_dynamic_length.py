@@ -26,8 +26,6 @@ from stats import chi_square_power, chi_square_test
 from jaxspec.sampling.accept import residual_distribution, verify_block, verify_tokenwise
 from jaxspec.sampling.processing import sample_from_probs
 
-# Tiny models: compiles dominate, so trade run time for faster compiles (conftest).
-
 ALPHA = 1e-3
 N = 100_000
 V, K = 4, 3

@@ -458,13 +458,13 @@ def test_jit_matches_eager_and_does_not_retrace():
 
 def test_static_settings_compile_to_the_candidates_top_k_not_a_sort():
     """A `SamplingConfig` enters the program as constants; XLA:CPU then rewrote the 64-candidate
-    `lax.top_k` of a constant top-k into a full sort of every row (18x slower at [512, 50,257]).
+    `lax.top_k` of a constant top-k into a full sort of every row (~20x slower at [512, 50,257]).
     Checked in the optimized HLO: no sort, for static settings as for traced ones."""
     spec = jax.ShapeDtypeStruct((4, 50_257), jnp.float32)
     for config in (SamplingConfig(top_k=50), SamplingConfig(temperature=0.7, top_k=50, top_p=0.9)):
         hlo = jax.jit(lambda x, config=config: processed_probs(x, config)).lower(spec).compile().as_text()
         assert not re.search(r"\bsort\(", hlo), config
-        assert "TopK" in hlo or "topk" in hlo.lower(), config  # the candidates' top_k is there
+        assert "topk" in hlo.lower(), config  # the candidates' top_k is there
 
 
 def test_sample_jit_does_not_retrace():
