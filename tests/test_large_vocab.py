@@ -12,8 +12,11 @@ ids over >= 50,000 draws:
   Exp(1) below ~1.2e-7, so ids at 2.5e-8 almost never win: ~0 non-top draws.
 
 Each count is checked two-sided at 5 sigma of the binomial (a false alarm
-rate of 6e-7 per test); the two flawed races are run through the same
-detector and must fail it (the test of the test). The loops are tested on a
+rate of 6e-7 per test); the two flawed races (in the flat race) and a
+two-level race that weights groups by their largest id are run through the
+same detector and must fail it (the test of the test). At this vocabulary the
+sampler races in two levels (`draws.two_level_race`), also checked against a
+closed-form law over 10,000 ids. The loops are tested on a
 stand-in model whose logits are a constant vector (a real GPT-2-sized
 embedding, a LayerNorm with zero scale), so every generated token is an
 independent draw from the law above.
@@ -25,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from stats import chi_square_power, chi_square_test
 
 from jaxspec import autoregressive_sample, speculative_sample
 from jaxspec.sampling import draws
@@ -126,16 +130,98 @@ def _truncating_exponential(key, shape):
     return -jnp.log(_uniform_23_bits(key, shape))
 
 
-@pytest.mark.parametrize("flawed", [_zero_prone_exponential, _truncating_exponential], ids=["zero", "truncating"])
-def test_the_rate_check_fails_flawed_races(monkeypatch, flawed):
-    monkeypatch.setattr(draws, "exponential", flawed)
-    _sample_rows.clear_cache()  # compile with the flawed race...
+def _group_max(weights, size):
+    """A plausible two-level flaw: groups weighted by their largest id instead of their sum."""
+    vocab = weights.shape[-1]
+    groups = -(-vocab // size)
+    return jax.lax.reduce_window(weights, 0.0, jax.lax.max, (1, size), (1, size), [(0, 0), (0, groups * size - vocab)])
+
+
+# At this vocabulary `categorical` races in two levels (groups, then ids): the historical flaws of the
+# exponential are run through the flat race (the path below `draws.TWO_LEVEL_MIN_VOCAB` ids, and the race
+# inside each level), a flawed group weighting through the two-level one.
+@pytest.mark.parametrize(
+    "flaw",
+    [("exponential", _zero_prone_exponential), ("exponential", _truncating_exponential), ("group_sums", _group_max)],
+    ids=["zero", "truncating", "group-max"],
+)
+def test_the_rate_check_fails_flawed_races(monkeypatch, flaw):
+    name, flawed = flaw
+    monkeypatch.setattr(draws, name, flawed)
+    if name == "exponential":
+        monkeypatch.setattr(draws, "TWO_LEVEL_MIN_VOCAB", VOCAB + 1)  # the flat race over all 50,257 ids
+    _sample_rows.clear_cache()  # compile with the flaw...
     try:
         p = _law(_models()[0])
         with pytest.raises(AssertionError, match="non-top ids"):
             _check_rate(_sampler_tokens(), 1 - p[TOP], f"flawed race {flawed.__name__}")
     finally:
         _sample_rows.clear_cache()  # ...and never leave it in the cache
+
+
+# The two-level race against a closed-form law: 10,000 ids (groups of 128, the last one 16 ids), mass in
+# the first and the partial last group, two whole groups of small ids, zeros elsewhere; rows unnormalised,
+# up to the 1e18 per entry that `sample_from_probs` accepts.
+TWO_LEVEL_VOCAB = 10_000
+TWO_LEVEL_DRAWS = 200_000
+TWO_LEVEL_ALPHA = 1e-3
+
+
+def _two_level_weights() -> np.ndarray:
+    w = np.zeros(TWO_LEVEL_VOCAB, np.float64)
+    w[[0, 1, 127, 640, 9990, 9999]] = [1.0, 2.0, 3.0, 0.5, 4.0, 1.0]
+    w[5120:5248] = 0.01
+    w[2048:2176] = 0.05
+    return w
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _draw_chunk(key, weights_V, rows):
+    return draws.categorical(key, jnp.broadcast_to(weights_V, (rows, weights_V.shape[0])))
+
+
+def _two_level_counts() -> np.ndarray:
+    w = _two_level_weights()
+    chunks, rows = 50, TWO_LEVEL_DRAWS // 50
+    keys = jax.random.split(jax.random.key(21), chunks)
+    tokens = [
+        np.asarray(_draw_chunk(k, jnp.asarray(w * (1e-3 if i % 2 else 2.5e17), jnp.float32), rows))
+        for i, k in enumerate(keys)
+    ]
+    return np.bincount(np.concatenate(tokens), minlength=TWO_LEVEL_VOCAB)
+
+
+def _check_two_level(counts: np.ndarray) -> None:
+    w = _two_level_weights()
+    law = w / w.sum()
+    size = draws.group_size(TWO_LEVEL_VOCAB)
+    assert size == 128 and draws.TWO_LEVEL_MIN_VOCAB <= TWO_LEVEL_VOCAB  # the two-level path, a partial group
+    # Power against 5% of the mass drawn with groups weighted by their largest id (the flaw above).
+    group_of = np.arange(TWO_LEVEL_VOCAB) // size
+    group_max = np.array([w[group_of == g].max() for g in range(group_of.max() + 1)])
+    group_sum = np.bincount(group_of, weights=w)
+    flawed = np.where(w > 0, law * group_max[group_of] / np.maximum(group_sum[group_of], 1e-300), 0.0)
+    flawed /= flawed.sum()
+    power = chi_square_power(law, 0.95 * law + 0.05 * flawed, TWO_LEVEL_DRAWS, TWO_LEVEL_ALPHA)
+    assert power >= 0.99, f"test too weak (power {power:.3f})"
+    assert counts[w == 0].sum() == 0, f"{counts[w == 0].sum()} draws of zero-weight ids"
+    support = w > 0
+    stat, p_value, df = chi_square_test(law[support], counts[support])
+    assert p_value > TWO_LEVEL_ALPHA, f"two-level race: chi2={stat:.1f} df={df} p={p_value:.2e}"
+
+
+def test_two_level_race_draws_the_closed_form_law():
+    _check_two_level(_two_level_counts())
+
+
+def test_the_closed_form_check_fails_a_group_max_race(monkeypatch):
+    monkeypatch.setattr(draws, "group_sums", _group_max)
+    _draw_chunk.clear_cache()
+    try:
+        with pytest.raises(AssertionError, match="two-level race"):
+            _check_two_level(_two_level_counts())
+    finally:
+        _draw_chunk.clear_cache()
 
 
 def test_autoregressive_draws_rare_ids_at_their_rate():
