@@ -17,7 +17,7 @@ import numpy as np
 from stats import chi_square_power, chi_square_test
 
 from jaxspec.generation.provenance import ACCEPTED_DRAFT
-from jaxspec.sampling.processing import SamplingConfig, processed_probs
+from jaxspec.sampling.processing import SamplingConfig, SamplingParams, processed_probs
 from jaxspec.testing import random_model, tiny_config
 
 # int8 weights: logits stay within this fraction of max|logit| (tests/test_quantize.py, test_llama_generation.py).
@@ -37,8 +37,10 @@ def pair():
     return target, draft
 
 
-@functools.partial(jax.jit, static_argnums=3)
-def _processed_full_pass(model, seqs, cache, sampling: SamplingConfig):
+@jax.jit
+def _processed_full_pass(model, seqs, cache, sampling: SamplingParams):
+    """The settings traced (`SamplingConfig.as_params`): one compile per model and shape, whatever
+    the setting (static settings compiled once per setting, ~1 s each, most of a law's cost)."""
     logits, _ = model(seqs, cache)
     return processed_probs(logits, sampling)
 
@@ -56,7 +58,7 @@ def sequence_law(model, sampling: SamplingConfig) -> np.ndarray:
     conts = np.array(list(itertools.product(range(VOCAB), repeat=NUM_TOKENS)), np.int32)
     seqs = np.concatenate([np.tile(PROMPT, (len(conts), 1)), conts], axis=1)
     cache = model.init_cache(len(seqs), seqs.shape[1])
-    probs = np.asarray(_processed_full_pass(model, jnp.asarray(seqs), cache, sampling), np.float64)
+    probs = np.asarray(_processed_full_pass(model, jnp.asarray(seqs), cache, sampling.as_params()), np.float64)
     first = len(PROMPT) - 1
     law = np.ones(len(conts))
     for i in range(NUM_TOKENS):
@@ -96,7 +98,7 @@ def first_token_laws(target, draft, sampling):
 def _last_position_law(model, sampling: SamplingConfig) -> np.ndarray:
     """float64 [V]: the processed law after PROMPT (one jitted pass: eager layers compile op by op)."""
     prompt = jnp.asarray([PROMPT])
-    probs = _processed_full_pass(model, prompt, model.init_cache(1, len(PROMPT)), sampling)
+    probs = _processed_full_pass(model, prompt, model.init_cache(1, len(PROMPT)), sampling.as_params())
     return np.asarray(probs[0, -1], np.float64)
 
 

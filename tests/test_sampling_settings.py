@@ -269,17 +269,19 @@ def test_masked_cache_slots_never_leak_into_real_positions(poison):
     """Slots past each row's length hold NaN/inf (as a padding id without an embedding
     would leave them); the logits of real positions are those of a clean cache."""
     target, _ = _pair()
+    prefix = jax.jit(lambda model, tokens, cache: model(tokens, cache, jnp.asarray([2, 1])))  # jitted: eager
+    step = jax.jit(lambda model, tokens, cache: model(tokens, cache))  # layers compile op by op
     tokens = jnp.asarray([[5, 6, 7], [8, 9, 10]], jnp.int32)
     clean = target.init_cache(2, 12)
-    clean_logits, _ = target(tokens[:, :2], clean, jnp.asarray([2, 1]))
+    clean_logits, clean_cache = prefix(target, tokens[:, :2], clean)
     dirty = target.init_cache(2, 12)
     dirty = dirty._replace(keys=dirty.keys.at[:, :, 1:].set(poison), values=dirty.values.at[:, :, 1:].set(poison))
-    dirty_logits, cache = target(tokens[:, :2], dirty, jnp.asarray([2, 1]))
+    dirty_logits, cache = prefix(target, tokens[:, :2], dirty)
     # Row 0's two tokens and row 1's first are real; row 1's slot 1 stays poisoned past its length.
     np.testing.assert_allclose(dirty_logits[0], clean_logits[0], atol=1e-5)
     np.testing.assert_allclose(dirty_logits[1, 0], clean_logits[1, 0], atol=1e-5)
-    step_logits, _ = target(tokens[:, 2:], cache)
-    clean_step, _ = target(tokens[:, 2:], target(tokens[:, :2], clean, jnp.asarray([2, 1]))[1])
+    step_logits, _ = step(target, tokens[:, 2:], cache)
+    clean_step, _ = step(target, tokens[:, 2:], clean_cache)
     assert np.isfinite(np.asarray(step_logits)).all()
     np.testing.assert_allclose(step_logits, clean_step, atol=1e-5)
 

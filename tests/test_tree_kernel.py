@@ -768,11 +768,11 @@ def test_a_rejected_node_with_children_stays_rejected(rule):
     tree = TreeSpec((1, 2))
     p = jax.nn.one_hot(jnp.array([[3, 5, 6, 7]]), 8)  # the target wants 3 at the root
     drafts = jnp.array([[1, 2, 4]])
-    kernel = {"recursive": verify_tree_recursive, "traversal": verify_tree_traversal}[rule]
+    kernel = {"recursive": _recursive, "traversal": _traversal}[rule]  # jitted: eager kernels compile op by op
     for seed in range(5):
         res = kernel(tree, jax.random.key(seed), drafts, jax.nn.one_hot(drafts, 8), p)
         assert int(res.num_accepted[0]) == 0 and int(res.next_token[0]) == 3
     if rule == "traversal":
-        stop, nxt = _traversal_probs(tree, drafts, jax.nn.one_hot(drafts, 8), p)
+        stop, nxt = _traversal_p(tree, drafts, jax.nn.one_hot(drafts, 8), p)
         assert np.all(np.isfinite(np.asarray(stop))) and np.all(np.isfinite(np.asarray(nxt)))
         np.testing.assert_array_equal(np.asarray(stop)[0, 0], 0.0)
