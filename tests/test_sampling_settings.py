@@ -52,6 +52,8 @@ _row_settings = st.tuples(
 # One compiled program per settings shape ([4] per-row, [] one config): called
 # eagerly, each new setting re-traced the filter's branches (~2 s an example).
 _jit_probs = jax.jit(processed_probs)
+# A model call (lengths None: every token real), jitted: eager layers compile op by op.
+_forward = jax.jit(lambda model, tokens, cache, lengths: model(tokens, cache, lengths))
 
 
 @settings(deadline=None, max_examples=12, derandomize=True)  # 4 rows each: 48 settings
@@ -269,19 +271,18 @@ def test_masked_cache_slots_never_leak_into_real_positions(poison):
     """Slots past each row's length hold NaN/inf (as a padding id without an embedding
     would leave them); the logits of real positions are those of a clean cache."""
     target, _ = _pair()
-    prefix = jax.jit(lambda model, tokens, cache: model(tokens, cache, jnp.asarray([2, 1])))  # jitted: eager
-    step = jax.jit(lambda model, tokens, cache: model(tokens, cache))  # layers compile op by op
     tokens = jnp.asarray([[5, 6, 7], [8, 9, 10]], jnp.int32)
+    lengths = jnp.asarray([2, 1])
     clean = target.init_cache(2, 12)
-    clean_logits, clean_cache = prefix(target, tokens[:, :2], clean)
+    clean_logits, clean_cache = _forward(target, tokens[:, :2], clean, lengths)
     dirty = target.init_cache(2, 12)
     dirty = dirty._replace(keys=dirty.keys.at[:, :, 1:].set(poison), values=dirty.values.at[:, :, 1:].set(poison))
-    dirty_logits, cache = prefix(target, tokens[:, :2], dirty)
+    dirty_logits, cache = _forward(target, tokens[:, :2], dirty, lengths)
     # Row 0's two tokens and row 1's first are real; row 1's slot 1 stays poisoned past its length.
     np.testing.assert_allclose(dirty_logits[0], clean_logits[0], atol=1e-5)
     np.testing.assert_allclose(dirty_logits[1, 0], clean_logits[1, 0], atol=1e-5)
-    step_logits, _ = step(target, tokens[:, 2:], cache)
-    clean_step, _ = step(target, tokens[:, 2:], clean_cache)
+    step_logits, _ = _forward(target, tokens[:, 2:], cache, None)
+    clean_step, _ = _forward(target, tokens[:, 2:], clean_cache, None)
     assert np.isfinite(np.asarray(step_logits)).all()
     np.testing.assert_allclose(step_logits, clean_step, atol=1e-5)
 
