@@ -84,11 +84,16 @@ def random_model(config: DecoderConfig, seed: int, *, scale: float = 1.0, dtype=
     models have varied, non-uniform distributions that make tests meaningful.
     """
     model = init_model(config, jax.random.key(seed), dtype)
-    params = jax.tree_util.tree_map_with_path(
+    return model.replace(params=_scaled_weights(model.params, scale))
+
+
+@jax.jit
+def _scaled_weights(params, scale):
+    """Every weight but LayerNorm scales and biases times `scale` (traced: one compile per params shape)."""
+    return jax.tree_util.tree_map_with_path(
         lambda path, x: x if any(getattr(k, "key", None) in ("scale", "bias") for k in path) else x * scale,
-        model.params,
+        params,
     )
-    return model.replace(params=params)
 
 
 class _MarkovDecoder(nn.Module):

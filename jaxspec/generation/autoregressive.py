@@ -11,7 +11,14 @@ import jax
 import jax.numpy as jnp
 
 from jaxspec.generation.emit import Sequences, emit, generated_tokens, init_sequences, last_tokens
-from jaxspec.generation.inputs import check_context, check_eos, check_positive_int, prepare_prompts, row_settings
+from jaxspec.generation.inputs import (
+    SpecialIds,
+    check_context,
+    check_positive_int,
+    prepare_prompts,
+    row_settings,
+    special_ids,
+)
 from jaxspec.generation.provenance import FROM_TARGET
 from jaxspec.generation.verify import prefill
 from jaxspec.models.cache import KVCache
@@ -46,8 +53,6 @@ class _Spec:
     """Everything static about one compiled autoregressive loop."""
 
     max_new_tokens: int
-    eos_token_id: int | None
-    pad_token_id: int
     vocab_size: int
 
 
@@ -61,7 +66,7 @@ class _State:
 
 @functools.partial(jax.jit, static_argnames=("spec",))
 def _generate(
-    model: Model, prompt_ids_BxT, prompt_lengths_B, key, sampling: SamplingParams, spec: _Spec
+    model: Model, prompt_ids_BxT, prompt_lengths_B, key, sampling: SamplingParams, ids: SpecialIds, spec: _Spec
 ) -> AutoregressiveResult:
     batch, width = prompt_ids_BxT.shape
     cache = prefill(model, prompt_ids_BxT, prompt_lengths_B, model.init_cache(batch, width + spec.max_new_tokens - 1))
@@ -81,7 +86,7 @@ def _generate(
             valid_B.astype(jnp.int32),
             jnp.full((batch, 1), FROM_TARGET, jnp.int8),
             max_new_tokens=spec.max_new_tokens,
-            eos_token_id=spec.eos_token_id,
+            eos_token_id=ids.eos,
             nonfinite_B=~valid_B,
         )
         # Finished rows keep their cache length, so their writes stay in bounds.
@@ -89,7 +94,7 @@ def _generate(
         return _State(seqs=seqs, cache=cache, key=key, num_calls=state.num_calls + active_B)
 
     state = jax.lax.while_loop(lambda s: ~jnp.all(s.seqs.done), body, state)
-    tokens, provenance = generated_tokens(state.seqs, prompt_lengths_B, spec.max_new_tokens, spec.pad_token_id)
+    tokens, provenance = generated_tokens(state.seqs, prompt_lengths_B, spec.max_new_tokens, ids.pad)
     return AutoregressiveResult(
         tokens=tokens,
         lengths=state.seqs.num_generated,
@@ -165,10 +170,6 @@ def autoregressive_sample(
     prompts = prepare_prompts(prompt_ids, prompt_lengths, vocab, pad_token_id)
     sampling = row_settings(temperature, top_k, top_p, prompts.batch_size)
     check_context(model, "model", prompts.max_length + max_new_tokens - 1, "longest prompt + max_new_tokens - 1")
-    spec = _Spec(
-        max_new_tokens=max_new_tokens,
-        eos_token_id=check_eos(eos_token_id, vocab),
-        pad_token_id=int(pad_token_id),
-        vocab_size=vocab,
-    )
-    return _generate(model, jnp.asarray(prompts.ids), jnp.asarray(prompts.lengths), key, sampling, spec)
+    spec = _Spec(max_new_tokens=max_new_tokens, vocab_size=vocab)
+    ids = special_ids(eos_token_id, pad_token_id, vocab)
+    return _generate(model, jnp.asarray(prompts.ids), jnp.asarray(prompts.lengths), key, sampling, ids, spec)

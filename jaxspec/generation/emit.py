@@ -67,13 +67,14 @@ def emit(
     provenance_BxE: jax.Array,
     *,
     max_new_tokens: int,
-    eos_token_id: int | None,
+    eos_token_id: int | jax.Array | None,
     nonfinite_B: jax.Array | None = None,
 ) -> tuple[Sequences, jax.Array]:
     """Appends the first count_B[b] of new_BxE[b] to each active row.
 
-    Truncates at max_new_tokens and after the first EOS (inclusive); rows that
-    are already done do not change. A row with nonfinite_B set needs, after
+    Truncates at max_new_tokens and after the first EOS (inclusive; an int or
+    a traced int32 scalar; None or a negative id: no EOS); rows that are
+    already done do not change. A row with nonfinite_B set needs, after
     these tokens, a distribution its logits do not give: unless it ended
     anyway (max_new_tokens, EOS), it is done and flagged `nonfinite`.
 
@@ -113,7 +114,7 @@ def emit(
     )
 
 
-def generated_tokens(seqs: Sequences, prompt_lengths_B: jax.Array, max_new_tokens: int, pad_token_id: int):
+def generated_tokens(seqs: Sequences, prompt_lengths_B: jax.Array, max_new_tokens: int, pad_token_id: int | jax.Array):
     """Extracts ([B, N] tokens padded with pad_token_id, [B, N] provenance)."""
     take = lambda buf: jax.vmap(lambda row, s: jax.lax.dynamic_slice(row, (s,), (max_new_tokens,)))(
         buf, prompt_lengths_B

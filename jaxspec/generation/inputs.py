@@ -11,6 +11,8 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
+import flax.struct
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -179,6 +181,25 @@ def check_eos(eos_token_id: Any, vocab_size: int) -> int | None:
     if not 0 <= eos_token_id < vocab_size:
         raise ValueError(f"eos_token_id={eos_token_id} is outside the vocabulary 0..{vocab_size - 1}.")
     return int(eos_token_id)
+
+
+@flax.struct.dataclass
+class SpecialIds:
+    """The EOS and pad ids of one call, traced: another id runs on the same compiled loop.
+
+    Attributes:
+      eos: int32 scalar, the id that ends a row; -1 when there is none (no id equals it).
+      pad: int32 scalar, fills `tokens` after each row's end.
+    """
+
+    eos: jax.Array
+    pad: jax.Array
+
+
+def special_ids(eos_token_id: Any, pad_token_id: int, vocab_size: int) -> SpecialIds:
+    """Checked ids (`check_eos`; the pad id is checked by `prepare_prompts`) as int32 scalars."""
+    eos = check_eos(eos_token_id, vocab_size)
+    return SpecialIds(eos=np.int32(-1 if eos is None else eos), pad=np.int32(pad_token_id))
 
 
 def row_settings(temperature: Any, top_k: Any, top_p: Any, batch_size: int) -> SamplingParams:

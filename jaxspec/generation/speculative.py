@@ -42,12 +42,13 @@ from jaxspec.generation.emit import (
     target_lengths_after,
 )
 from jaxspec.generation.inputs import (
+    SpecialIds,
     check_context,
-    check_eos,
     check_positive_int,
     check_probability,
     prepare_prompts,
     row_settings,
+    special_ids,
 )
 from jaxspec.generation.self_drafter import SelfDrafter
 from jaxspec.generation.verify import prefill, score_drafts
@@ -135,8 +136,6 @@ class _Spec:
     max_new_tokens: int
     num_draft_tokens: int
     verify: str
-    eos_token_id: int | None
-    pad_token_id: int
     vocab_size: int
 
 
@@ -161,6 +160,7 @@ def _generate(
     key,
     target_sampling: SamplingParams,
     min_confidence,
+    ids: SpecialIds,
     spec: _Spec,
 ):
     batch, width = prompt_ids_BxT.shape
@@ -207,7 +207,7 @@ def _generate(
             jnp.where(nonfinite_B, n_B, n_B + 1),
             provenance_BxE,
             max_new_tokens=spec.max_new_tokens,
-            eos_token_id=spec.eos_token_id,
+            eos_token_id=ids.eos,
             nonfinite_B=nonfinite_B,
         )
 
@@ -227,7 +227,7 @@ def _generate(
         )
 
     state = jax.lax.while_loop(lambda s: ~jnp.all(s.seqs.done), round_, state)
-    tokens, provenance = generated_tokens(state.seqs, prompt_lengths_B, spec.max_new_tokens, spec.pad_token_id)
+    tokens, provenance = generated_tokens(state.seqs, prompt_lengths_B, spec.max_new_tokens, ids.pad)
     return SpeculativeResult(
         tokens=tokens,
         lengths=state.seqs.num_generated,
@@ -402,8 +402,6 @@ def speculative_sample(
         max_new_tokens=n,
         num_draft_tokens=k,
         verify=verify,
-        eos_token_id=check_eos(eos_token_id, vocab),
-        pad_token_id=int(pad_token_id),
         vocab_size=vocab,
     )
     return _generate(
@@ -414,6 +412,7 @@ def speculative_sample(
         key,
         target_sampling,
         min_confidence,
+        special_ids(eos_token_id, pad_token_id, vocab),
         spec,
     )
 

@@ -52,7 +52,14 @@ from jaxspec.generation.emit import (
     stop_at_first_invalid,
     target_lengths_after,
 )
-from jaxspec.generation.inputs import check_context, check_eos, check_positive_int, prepare_prompts, row_settings
+from jaxspec.generation.inputs import (
+    SpecialIds,
+    check_context,
+    check_positive_int,
+    prepare_prompts,
+    row_settings,
+    special_ids,
+)
 from jaxspec.generation.speculative import SpeculativeResult, draft_settings
 from jaxspec.generation.verify import prefill
 from jaxspec.models.cache import KVCache
@@ -71,8 +78,6 @@ class _Spec:
     tree: TreeSpec
     max_new_tokens: int
     verify: str
-    eos_token_id: int | None
-    pad_token_id: int
     vocab_size: int
 
 
@@ -127,6 +132,7 @@ def _generate(
     key,
     target_sampling: SamplingParams,
     draft_sampling: SamplingParams,
+    ids: SpecialIds,
     spec: _Spec,
 ) -> SpeculativeResult:
     tree, vocab = spec.tree, spec.vocab_size
@@ -200,7 +206,7 @@ def _generate(
             jnp.where(nonfinite_B, n_B, n_B + 1),
             provenance_BxD1,
             max_new_tokens=spec.max_new_tokens,
-            eos_token_id=spec.eos_token_id,
+            eos_token_id=ids.eos,
             nonfinite_B=nonfinite_B,
         )
         old_target_B = state.target_cache.lengths
@@ -222,7 +228,7 @@ def _generate(
         )
 
     state = jax.lax.while_loop(lambda s: ~jnp.all(s.seqs.done), round_, state)
-    tokens, provenance = generated_tokens(state.seqs, prompt_lengths_B, spec.max_new_tokens, spec.pad_token_id)
+    tokens, provenance = generated_tokens(state.seqs, prompt_lengths_B, spec.max_new_tokens, ids.pad)
     return SpeculativeResult(
         tokens=tokens,
         lengths=state.seqs.num_generated,
@@ -295,8 +301,6 @@ def tree_speculative_sample(
         tree=tree,
         max_new_tokens=n,
         verify=verify,
-        eos_token_id=check_eos(eos_token_id, vocab),
-        pad_token_id=int(pad_token_id),
         vocab_size=vocab,
     )
     return _generate(
@@ -307,5 +311,6 @@ def tree_speculative_sample(
         key,
         target_sampling,
         draft_sampling,
+        special_ids(eos_token_id, pad_token_id, vocab),
         spec,
     )

@@ -164,6 +164,9 @@ class Decoder(nn.Module):
             split_rngs={"params": True},
             in_axes=(0, nn.broadcast),
             length=cfg.num_layers,
+            # Nothing is broadcast out of the block, so flax's extra trace of the body (its
+            # check that broadcast values stay loop-invariant) only doubles the layer's tracing.
+            check_constancy_invariants=False,
         )(cfg, self.dtype, name="blocks")
         layers = jnp.arange(cfg.num_layers, dtype=jnp.int32)
         (h, keys, values), _ = blocks((h, cache.keys, cache.values), layers, (mask_Bx1xTxS, start_B))

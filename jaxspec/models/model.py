@@ -7,6 +7,7 @@ config share compiled code.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.struct
@@ -115,7 +116,12 @@ def abstract_params(config: DecoderConfig, dtype=jnp.float32) -> Any:
 def init_model(config: DecoderConfig, key: jax.Array, dtype=jnp.float32) -> Model:
     """A model with random weights, N(0, 0.02) as Hugging Face initialises them (RMSNorm scales 1)."""
     dtype = jnp.dtype(dtype)
+    return Model(params=_random_params(key, config, dtype), config=config, dtype=dtype)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "dtype"))
+def _random_params(key: jax.Array, config: DecoderConfig, dtype: jnp.dtype) -> Any:
+    """One compiled initialiser per (config, dtype), whatever the key (a jit of a fresh module's
+    `init` traced and compiled again at every call)."""
     module = decoder_module(config, dtype)
-    cache = empty_cache(config, 1, 1, dtype)
-    params = jax.jit(module.init)(key, jnp.zeros((1, 1), jnp.int32), cache)["params"]
-    return Model(params=params, config=config, dtype=dtype)
+    return module.init(key, jnp.zeros((1, 1), jnp.int32), empty_cache(config, 1, 1, dtype))["params"]
