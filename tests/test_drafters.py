@@ -1,6 +1,8 @@
 """Drafters: prompt lookup against a brute-force reference, and both drafters
 (and both verification rules) inside the speculative loop."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -55,6 +57,7 @@ def test_ngram_settings_are_validated():
 VOCAB = 16
 
 
+@functools.cache
 def _models():
     target = random_model(tiny_config("gpt2", vocab_size=VOCAB), seed=0, scale=3.0)
     draft = random_model(tiny_config("opt", vocab_size=VOCAB), seed=1, scale=3.0)
@@ -92,10 +95,20 @@ def test_ngram_rounds_follow_the_lookup_on_the_greedy_path():
     The loop must reproduce the simulated rounds and accepted counts exactly."""
     target, _ = _models()
     n, k = 20, 3
-    for prompt in PROMPTS:
-        # k extra tokens of path: the kernel may accept drafts beyond N (counted, not emitted).
-        path = autoregressive_sample(target, [prompt], key=jax.random.key(0), max_new_tokens=n + k, temperature=0.0)
-        path = [int(t) for t in np.asarray(path.tokens[0])]
+    # All prompts in one batch (each row's path and rounds are its own): one compiled loop each.
+    # k extra tokens of path: the kernel may accept drafts beyond N (counted, not emitted).
+    paths = autoregressive_sample(target, PROMPTS, key=jax.random.key(0), max_new_tokens=n + k, temperature=0.0)
+    out = speculative_sample(
+        target,
+        NgramDrafter(max_ngram=2),
+        PROMPTS,
+        key=jax.random.key(3),
+        max_new_tokens=n,
+        num_draft_tokens=k,
+        temperature=0.0,
+    )
+    for row, prompt in enumerate(PROMPTS):
+        path = [int(t) for t in np.asarray(paths.tokens[row])]
         seq, rounds, accepted, kinds = list(prompt), 0, 0, []
         while len(seq) < len(prompt) + n:
             proposal = _reference_lookup(seq, len(seq), k, 1, 2)
@@ -106,18 +119,9 @@ def test_ngram_rounds_follow_the_lookup_on_the_greedy_path():
             seq += future[: m + 1]
             kinds += [ACCEPTED_DRAFT] * m + [BONUS if m == k else RESAMPLED]
             rounds, accepted = rounds + 1, accepted + m
-        out = speculative_sample(
-            target,
-            NgramDrafter(max_ngram=2),
-            [prompt],
-            key=jax.random.key(3),
-            max_new_tokens=n,
-            num_draft_tokens=k,
-            temperature=0.0,
-        )
-        np.testing.assert_array_equal(np.asarray(out.tokens[0]), path[:n])
-        assert (int(out.num_rounds[0]), int(out.num_accepted[0])) == (rounds, accepted), prompt
-        np.testing.assert_array_equal(np.asarray(out.provenance[0]), kinds[:n])
+        np.testing.assert_array_equal(np.asarray(out.tokens[row]), path[:n])
+        assert (int(out.num_rounds[row]), int(out.num_accepted[row])) == (rounds, accepted), prompt
+        np.testing.assert_array_equal(np.asarray(out.provenance[row]), kinds[:n])
 
 
 def test_bad_drafter_options_are_clear():

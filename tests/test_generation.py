@@ -48,7 +48,7 @@ def test_greedy_speculative_equals_greedy_autoregressive(k):
     assert np.all(np.asarray(out.acceptance_rate) < 1.0)
 
 
-@pytest.mark.parametrize("k", (1, 3, 6))
+@pytest.mark.parametrize("k", (1, 4, 7))  # the greedy test's K: EOS and pad ids are traced, the loops are shared
 def test_greedy_with_eos_stops_right_after_it(k):
     target, draft = _pair()
     reference = _greedy_reference(12)
@@ -77,21 +77,21 @@ def test_greedy_with_eos_stops_right_after_it(k):
 
 
 def test_eos_inside_a_fully_accepted_block():
-    """Draft == target accepts every draft, so EOS arrives mid-block."""
+    """Draft == target accepts every draft, so EOS arrives mid-block (row 0: its third token, K = 5)."""
     target, _ = _pair()
     reference = _greedy_reference(12)
     eos = reference[0][2]
     out = speculative_sample(
         target,
         target,
-        PROMPTS[:1],
+        PROMPTS,
         key=jax.random.key(2),
-        max_new_tokens=12,
-        num_draft_tokens=6,
+        max_new_tokens=30,  # the shapes of test_draft_equal_to_target_accepts_everything[5]: one compiled loop
+        num_draft_tokens=5,
         temperature=0,
         eos_token_id=eos,
     )
-    assert _rows(out) == [reference[0][:3]]
+    assert _rows(out)[0] == reference[0][:3]
     assert np.asarray(out.provenance)[0, :3].tolist() == [ACCEPTED_DRAFT] * 3
 
 
@@ -123,24 +123,25 @@ def test_k_larger_than_remaining_and_n_equal_one():
 
 def test_bookkeeping_is_consistent():
     target, draft = _pair()
-    out = speculative_sample(target, draft, PROMPTS, key=jax.random.key(5), max_new_tokens=20, num_draft_tokens=3)
+    k = 4  # N and K of test_greedy_speculative_equals_greedy_autoregressive[4]: the same compiled loop, sampled
+    out = speculative_sample(target, draft, PROMPTS, key=jax.random.key(5), max_new_tokens=12, num_draft_tokens=k)
     prov = np.asarray(out.provenance)
     lengths = np.asarray(out.lengths)
-    assert np.all(lengths == 20)
+    assert np.all(lengths == 12)
     assert np.all((prov != NOT_GENERATED).sum(1) == lengths)
     # One resample-or-bonus token closes every round (the last may be cut by N).
     closing = ((prov == RESAMPLED) | (prov == BONUS)).sum(1)
     rounds = np.asarray(out.num_rounds)
     assert np.all((closing == rounds) | (closing == rounds - 1))
-    assert np.all(np.asarray(out.num_drafted) == 3 * rounds)
+    assert np.all(np.asarray(out.num_drafted) == k * rounds)
     assert np.all((prov == ACCEPTED_DRAFT).sum(1) <= np.asarray(out.num_accepted))
     np.testing.assert_allclose(np.asarray(out.tokens_per_round), lengths / rounds, rtol=1e-6)
     # The round histogram: one entry per round, its mean is the accepted drafts per round.
     histogram = np.asarray(out.round_histogram)
-    assert histogram.shape == (3, 4)
+    assert histogram.shape == (3, k + 1)
     np.testing.assert_array_equal(histogram.sum(1), rounds)
-    np.testing.assert_array_equal(histogram @ np.arange(4), np.asarray(out.num_accepted))
-    np.testing.assert_array_equal(np.asarray(out.num_rejections), rounds - histogram[:, 3])
+    np.testing.assert_array_equal(histogram @ np.arange(k + 1), np.asarray(out.num_accepted))
+    np.testing.assert_array_equal(np.asarray(out.num_rejections), rounds - histogram[:, k])
     alpha = np.asarray(out.acceptance_per_draft)
     assert np.all(alpha >= np.asarray(out.acceptance_rate) - 1e-6) and np.all(alpha < 1)
     by_position = np.asarray(out.acceptance_by_position)
@@ -153,24 +154,28 @@ def test_prompt_ids_array_with_lengths_equals_ragged_list():
     for i, p in enumerate(PROMPTS):
         padded[i, : len(p)] = p
     padded[1, 1:] = 33  # padding content must not matter
-    kwargs = dict(key=jax.random.key(6), max_new_tokens=6, num_draft_tokens=2)
+    kwargs = dict(key=jax.random.key(6), max_new_tokens=12, num_draft_tokens=2)  # a loop compiled above
     a = speculative_sample(target, draft, padded, prompt_lengths=[5, 1, 3], **kwargs)
     b = speculative_sample(target, draft, PROMPTS, **kwargs)
     np.testing.assert_array_equal(np.asarray(a.tokens), np.asarray(b.tokens))
 
 
 def test_same_shapes_compile_once():
+    """New prompts, lengths, keys, settings, EOS and pad ids reuse the compiled loops."""
     target, draft = _pair()
-    prompts = np.array([[1, 2, 3], [4, 5, 6]], np.int32)
-    kwargs = dict(max_new_tokens=5, num_draft_tokens=3, temperature=0.9, top_k=5)
-    speculative_sample(target, draft, prompts, key=jax.random.key(0), **kwargs)
+    prompts = np.arange(1, 16, dtype=np.int32).reshape(3, 5)  # the shapes of PROMPTS: loops compiled above
+    kwargs = dict(max_new_tokens=12, num_draft_tokens=4)
+    speculative_sample(target, draft, prompts, key=jax.random.key(0), temperature=0.9, top_k=5, **kwargs)
     before = speculative._generate._cache_size()
-    speculative_sample(target, draft, prompts + 7, key=jax.random.key(1), prompt_lengths=[2, 3], **kwargs)
-    speculative_sample(target, draft, prompts, key=jax.random.key(2), **kwargs)
+    speculative_sample(
+        target, draft, prompts + 7, key=jax.random.key(1), prompt_lengths=[2, 3, 5], temperature=0.5, **kwargs
+    )
+    speculative_sample(target, draft, prompts, key=jax.random.key(2), eos_token_id=3, pad_token_id=1, **kwargs)
     assert speculative._generate._cache_size() == before
-    autoregressive_sample(target, prompts, key=jax.random.key(0), max_new_tokens=5)
+    autoregressive_sample(target, prompts, key=jax.random.key(0), max_new_tokens=12)
     before = autoregressive._generate._cache_size()
-    autoregressive_sample(target, prompts + 1, key=jax.random.key(3), max_new_tokens=5)
+    autoregressive_sample(target, prompts + 1, key=jax.random.key(3), max_new_tokens=12, eos_token_id=5)
+    autoregressive_sample(target, prompts, key=jax.random.key(3), max_new_tokens=12, pad_token_id=2)
     assert autoregressive._generate._cache_size() == before
 
 

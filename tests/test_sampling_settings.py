@@ -38,6 +38,12 @@ def _pair():
     return target, draft
 
 
+# The loop tests' common shapes: settings (per row or not), EOS and pad ids are traced, so tests
+# that share these share one compiled loop per model pair and rule.
+ROWS_PROMPTS = np.tile([3, 1, 4], (4, 1))
+NEW_TOKENS = 8
+
+
 # ----------------------------------------------------------------------------
 # Per-row settings in processing
 # ----------------------------------------------------------------------------
@@ -101,36 +107,36 @@ def test_bad_row_settings_name_the_value_and_row(kwargs, match):
 
 def test_greedy_rows_beside_sampled_rows_and_no_recompile():
     target, draft = _pair()
-    prompts = np.tile([3, 1, 4], (4, 1))
-    greedy = autoregressive_sample(target, prompts, key=jax.random.key(0), max_new_tokens=6, temperature=0.0)
+    prompts = ROWS_PROMPTS
+    greedy = autoregressive_sample(target, prompts, key=jax.random.key(0), max_new_tokens=NEW_TOKENS, temperature=0.0)
     before_ar = autoregressive._generate._cache_size()
     before_spec = speculative._generate._cache_size()
     for i, temps in enumerate(([0.0, 1.0, 0.0, 2.0], [0.0, 0.3, 0.0, 1e-3], [0.0, 5.0, 0.0, 0.7])):
         kwargs = dict(temperature=np.array(temps), top_k=np.array([0, 3, 5, 0]), top_p=np.array([1.0, 0.9, 0.5, 0.8]))
-        ar = autoregressive_sample(target, prompts, key=jax.random.key(i), max_new_tokens=6, **kwargs)
-        spec = speculative_sample(target, draft, prompts, key=jax.random.key(i), max_new_tokens=6, **kwargs)
+        ar = autoregressive_sample(target, prompts, key=jax.random.key(i), max_new_tokens=NEW_TOKENS, **kwargs)
+        spec = speculative_sample(target, draft, prompts, key=jax.random.key(i), max_new_tokens=NEW_TOKENS, **kwargs)
         for out in (ar, spec):
             np.testing.assert_array_equal(np.asarray(out.tokens)[[0, 2]], np.asarray(greedy.tokens)[[0, 2]])
     # One program per loop for all three mixes (the first call of each compiled it).
     assert autoregressive._generate._cache_size() - before_ar <= 1
     assert speculative._generate._cache_size() - before_spec <= 1
-    ar = autoregressive_sample(target, prompts, key=jax.random.key(9), max_new_tokens=6, temperature=0.123)
+    ar = autoregressive_sample(target, prompts, key=jax.random.key(9), max_new_tokens=NEW_TOKENS, temperature=0.123)
     assert autoregressive._generate._cache_size() - before_ar <= 1
 
 
 def test_per_row_draft_settings():
     """A greedy draft for some rows, a hot one for others: still exact in greedy target rows."""
     target, draft = _pair()
-    prompts = np.tile([3, 1, 4], (2, 1))
-    greedy = autoregressive_sample(target, prompts, key=jax.random.key(0), max_new_tokens=8, temperature=0.0)
+    prompts = ROWS_PROMPTS
+    greedy = autoregressive_sample(target, prompts, key=jax.random.key(0), max_new_tokens=NEW_TOKENS, temperature=0.0)
     out = speculative_sample(
         target,
         draft,
         prompts,
         key=jax.random.key(1),
-        max_new_tokens=8,
+        max_new_tokens=NEW_TOKENS,
         temperature=0.0,
-        draft_temperature=np.array([0.0, 2.0]),
+        draft_temperature=np.array([0.0, 2.0, 0.0, 2.0]),
     )
     np.testing.assert_array_equal(out.tokens, greedy.tokens)
 
@@ -153,9 +159,9 @@ def test_temperature_that_underflows_is_a_clear_error(temperature):
 
 def test_smallest_normal_temperature_is_greedy_like_not_nan():
     target, _ = _pair()
-    prompts = np.tile([3, 1, 4], (3, 1))
-    greedy = autoregressive_sample(target, prompts, key=jax.random.key(0), max_new_tokens=5, temperature=0.0)
-    tiny = autoregressive_sample(target, prompts, key=jax.random.key(1), max_new_tokens=5, temperature=1.2e-38)
+    prompts = ROWS_PROMPTS
+    greedy = autoregressive_sample(target, prompts, key=jax.random.key(0), max_new_tokens=NEW_TOKENS, temperature=0.0)
+    tiny = autoregressive_sample(target, prompts, key=jax.random.key(1), max_new_tokens=NEW_TOKENS, temperature=1.2e-38)
     np.testing.assert_array_equal(tiny.tokens, greedy.tokens)
 
 
@@ -197,6 +203,10 @@ def _untied_target():
     return random_model(tiny_config("gpt2", vocab_size=VOCAB, tie_word_embeddings=False), seed=0, scale=10.0)
 
 
+# Both rows [3, 1, 4]: the shapes of the poisoned-prompt test's, so the untied target's loops are shared.
+_UNTIED_PROMPTS = [[3, 1, 4], [3, 1, 4]]
+
+
 def _poisoned(model, token: int):
     """The model with token `token`'s input embedding set to NaN: any row that feeds it gets NaN logits."""
     params = dict(model.params)
@@ -208,12 +218,12 @@ def _poisoned(model, token: int):
 @pytest.mark.parametrize("loop", ["autoregressive", "tokenwise", "block"])
 def test_nonfinite_target_logits_stop_the_row_and_are_reported(loop):
     target, draft = _untied_target(), _pair()[1]
-    clean = autoregressive_sample(target, [[3, 1, 4]], key=jax.random.key(0), max_new_tokens=6, temperature=0.0)
+    clean = autoregressive_sample(target, _UNTIED_PROMPTS, key=jax.random.key(0), max_new_tokens=10, temperature=0.0)
     # A token row 0 never feeds: its embedding poisons row 1 only.
     poison = min(set(range(VOCAB)) - {3, 1, 4} - set(np.asarray(clean.tokens)[0].tolist()))
     broken = _poisoned(target, poison)
     prompts = [[3, 1, 4], [3, 1, poison]]  # row 1's last prompt token has NaN logits
-    kwargs = dict(key=jax.random.key(0), max_new_tokens=6, temperature=0.0)
+    kwargs = dict(key=jax.random.key(0), max_new_tokens=10, temperature=0.0)
     if loop == "autoregressive":
         out = autoregressive_sample(broken, prompts, **kwargs)
     else:
@@ -226,14 +236,15 @@ def test_nonfinite_target_logits_stop_the_row_and_are_reported(loop):
 def test_nonfinite_mid_generation_keeps_the_valid_prefix():
     """A token poisons the model once generated: the row keeps the tokens up to it, flagged."""
     target, draft = _untied_target(), _pair()[1]
-    clean = autoregressive_sample(target, [[3, 1, 4]], key=jax.random.key(0), max_new_tokens=10, temperature=0.0)
+    clean = autoregressive_sample(target, _UNTIED_PROMPTS, key=jax.random.key(0), max_new_tokens=10, temperature=0.0)
     tokens = np.asarray(clean.tokens)[0]
     poison = next(int(t) for t in tokens[2:] if t not in (3, 1, 4))  # not in the prompt
     first = int(np.argmax(tokens == poison))  # the first time the greedy sequence emits it
     broken = _poisoned(target, poison)
+    kwargs = dict(key=jax.random.key(0), max_new_tokens=10, temperature=0.0)
     for out in (
-        autoregressive_sample(broken, [[3, 1, 4]], key=jax.random.key(0), max_new_tokens=10, temperature=0.0),
-        speculative_sample(broken, draft, [[3, 1, 4]], key=jax.random.key(0), max_new_tokens=10, temperature=0.0),
+        autoregressive_sample(broken, _UNTIED_PROMPTS, **kwargs),
+        speculative_sample(broken, draft, _UNTIED_PROMPTS, **kwargs),
     ):
         assert bool(out.nonfinite_logits[0])
         # The poisoned token itself was drawn from valid logits; the next one cannot be.
@@ -245,9 +256,10 @@ def test_nonfinite_draft_logits_keep_the_output_exact():
     """A broken draft proposes from the uniform law (truthful q): greedy output unchanged."""
     target, draft = _pair()
     broken_draft = _poisoned(draft, 4)
-    prompts = np.tile([3, 1, 4], (2, 1))
-    greedy = autoregressive_sample(target, prompts, key=jax.random.key(0), max_new_tokens=8, temperature=0.0)
-    out = speculative_sample(target, broken_draft, prompts, key=jax.random.key(0), max_new_tokens=8, temperature=0.0)
+    prompts = ROWS_PROMPTS
+    kwargs = dict(max_new_tokens=NEW_TOKENS, temperature=0.0)
+    greedy = autoregressive_sample(target, prompts, key=jax.random.key(0), **kwargs)
+    out = speculative_sample(target, broken_draft, prompts, key=jax.random.key(0), **kwargs)
     np.testing.assert_array_equal(out.tokens, greedy.tokens)
     assert not np.asarray(out.nonfinite_logits).any()
 
