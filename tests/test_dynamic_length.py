@@ -215,8 +215,8 @@ def test_threshold_zero_is_bit_identical_to_fixed_length():
     from jaxspec import speculative_sample
 
     target, draft = _models()
-    run = lambda **kw: speculative_sample(
-        target, draft, [[1, 2, 3], [4, 5]], key=jax.random.key(3), max_new_tokens=12, num_draft_tokens=4, **kw
+    run = lambda **kw: speculative_sample(  # the greedy test's shapes below: its token-wise loop is shared
+        target, draft, [[1, 2, 3], [4, 5], [9]], key=jax.random.key(3), max_new_tokens=16, num_draft_tokens=5, **kw
     )
     fixed, dynamic = run(), run(min_draft_confidence=0.0)
     np.testing.assert_array_equal(fixed.tokens, dynamic.tokens)

@@ -78,8 +78,8 @@ def test_tree_decoding_matches_exact_target_law(verify, setting):
 
 def test_counts_agree():
     target, draft = _pair("gpt2")
-    out = tree_speculative_sample(
-        target, draft, PROMPTS, key=jax.random.key(2), max_new_tokens=20, branching=(2, 2, 1), temperature=0.8,
+    out = tree_speculative_sample(  # the compiled loop of the first greedy test (settings and EOS are traced)
+        target, draft, PROMPTS, key=jax.random.key(2), max_new_tokens=12, branching=(2, 2, 1), temperature=0.8,
         eos_token_id=3,
     )  # fmt: skip
     hist = np.asarray(out.round_histogram)
@@ -125,9 +125,10 @@ def test_speculative_sample_tree_argument_is_the_tree_loop():
 
     target = random_model(tiny_config("gpt2", vocab_size=32), seed=0, scale=4.0)
     draft = random_model(tiny_config("opt", vocab_size=32), seed=1, scale=4.0)
-    kwargs = dict(key=jax.random.key(2), max_new_tokens=6, temperature=0.0)
-    via_arg = speculative_sample(target, draft, [[1, 2, 3]], tree=(2, 1), verify="recursive", **kwargs)
-    direct = tree_speculative_sample(target, draft, [[1, 2, 3]], branching=(2, 1), verify="recursive", **kwargs)
+    # The shapes of the greedy (3, 1) recursive test: one compiled loop.
+    kwargs = dict(key=jax.random.key(2), max_new_tokens=12, temperature=0.0)
+    via_arg = speculative_sample(target, draft, PROMPTS, tree=(3, 1), verify="recursive", **kwargs)
+    direct = tree_speculative_sample(target, draft, PROMPTS, branching=(3, 1), verify="recursive", **kwargs)
     np.testing.assert_array_equal(via_arg.tokens, direct.tokens)
     np.testing.assert_array_equal(via_arg.num_rounds, direct.num_rounds)
     with pytest.raises(ValueError, match=r"num_draft_tokens=3 disagrees with tree=\(2, 1\)"):
@@ -146,13 +147,14 @@ def test_tree_loop_compiles_once_per_shape_and_dynamic_length_once_per_threshold
 
     target = random_model(tiny_config("gpt2", vocab_size=32), seed=0, scale=4.0)
     draft = random_model(tiny_config("opt", vocab_size=32), seed=1, scale=4.0)
-    prompts = np.array([[1, 2, 3], [4, 5, 6]], np.int32)
-    kwargs = dict(max_new_tokens=5, branching=(2, 1), verify="traversal")
+    prompts = np.array([[1, 2, 3, 4, 5], [4, 5, 6, 0, 0], [7, 8, 9, 0, 0]], np.int32)  # the shapes of PROMPTS
+    kwargs = dict(max_new_tokens=12, branching=(2, 2, 1), verify="traversal")
     tree_speculative_sample(target, draft, prompts, key=jax.random.key(0), temperature=0.9, **kwargs)
     before = tree_speculative._generate._cache_size()
     tree_speculative_sample(
-        target, draft, prompts + 7, key=jax.random.key(1), prompt_lengths=[2, 3], temperature=0.5, top_k=4, **kwargs
-    )
+        target, draft, prompts + 7, key=jax.random.key(1), prompt_lengths=[2, 3, 5], temperature=0.5, top_k=4,
+        eos_token_id=9, pad_token_id=1, **kwargs,
+    )  # fmt: skip
     assert tree_speculative._generate._cache_size() == before
     chain = dict(max_new_tokens=5, num_draft_tokens=3)
     speculative_sample(target, draft, prompts, key=jax.random.key(0), min_draft_confidence=0.2, **chain)
