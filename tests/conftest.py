@@ -21,6 +21,17 @@ _XLA_TIER_ENV = "JAXSPEC_TEST_XLA"
 # (BUILD_NOTES, "Test suite time"). The old codegen runs 50,257-id sampling ~2.7x slower, so it is
 # set per compile (like `jax.jit(compiler_options=...)`), never process-wide through XLA_FLAGS.
 _FAST_COMPILER_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
+# Tests marked `run_bound` (the 40,000-row exact-law loops) spend more time running their loops than
+# compiling them, and LLVM at -O0 runs those ~2.4x slower: in the fast tier they compile with LLVM
+# at -O1 without its expensive passes (and the old codegen), which costs ~1 s more per loop and
+# saves ~1.5 s per 40,000-row call (BUILD_NOTES, "Test suite time").
+_RUN_BOUND_COMPILER_OPTIONS = {
+    "xla_backend_optimization_level": 1,
+    "xla_llvm_disable_expensive_passes": True,
+    "xla_cpu_use_fusion_emitters": False,
+}
+# The options added to every compile while a `run_bound` test runs (set by `_run_bound_tier`).
+_RUN_BOUND_ACTIVE = {"on": False}
 
 
 def _fast_xla() -> bool:
@@ -55,6 +66,8 @@ def _use_fast_codegen_under_disabled_optimizations() -> None:
     def get_compile_options(*args, env_options_overrides=None, **kwargs):
         if jax.config.read("jax_disable_most_optimizations"):
             env_options_overrides = {**_FAST_COMPILER_OPTIONS, **(env_options_overrides or {})}
+        elif _RUN_BOUND_ACTIVE["on"]:
+            env_options_overrides = {**_RUN_BOUND_COMPILER_OPTIONS, **(env_options_overrides or {})}
         return original(*args, env_options_overrides=env_options_overrides, **kwargs)
 
     get_compile_options._jaxspec_fast_codegen = True
@@ -130,6 +143,25 @@ def _compile_tier(request):
     jax.config.update("jax_disable_most_optimizations", fast)
     yield
     jax.config.update("jax_disable_most_optimizations", False)
+
+
+@pytest.fixture(autouse=True)
+def _run_bound_tier(request):
+    """LLVM at -O1 without its expensive passes (`_RUN_BOUND_COMPILER_OPTIONS`) for tests marked
+    `run_bound`, in the fast tier; the module's tier is restored after the test."""
+    if not (_fast_xla() and request.node.get_closest_marker("run_bound")):
+        yield
+        return
+    import jax
+
+    module_tier = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", False)
+    _RUN_BOUND_ACTIVE["on"] = True
+    try:
+        yield
+    finally:
+        _RUN_BOUND_ACTIVE["on"] = False
+        jax.config.update("jax_disable_most_optimizations", module_tier)
 
 
 # `_release_compiled_programs` drops every compiled program once a worker holds this many memory

@@ -38,6 +38,9 @@ from stats import chi_square_test
 from jaxspec import NgramDrafter, autoregressive_sample, speculative_sample
 from jaxspec.sampling.processing import SamplingConfig
 
+# 40,000-row loops: their run time, not their compiles, is this module's cost (tests/conftest.py).
+pytestmark = pytest.mark.run_bound
+
 
 @pytest.mark.parametrize("setting", SETTINGS)
 def test_speculative_matches_exact_target_law(setting):

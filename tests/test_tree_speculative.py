@@ -54,6 +54,7 @@ def test_greedy_tree_decoding_equals_greedy_autoregressive(family, branching, ve
     assert 0 < int(np.sum(out.num_accepted)) < int(np.sum(out.num_rounds)) * len(branching)
 
 
+@pytest.mark.run_bound  # 40,000 rows: compiled for run time (tests/conftest.py)
 @pytest.mark.parametrize("verify", ["traversal", "recursive"])
 @pytest.mark.parametrize("setting", ["t1", "t0.7_topk3"])
 def test_tree_decoding_matches_exact_target_law(verify, setting):
