@@ -74,6 +74,27 @@ def _use_fast_codegen_under_disabled_optimizations() -> None:
     compiler.get_compile_options = get_compile_options
 
 
+def _pin_worker_to_one_core() -> None:
+    """With one xdist worker per core, worker i runs on core i only (every thread of the process).
+
+    Each worker's XLA:CPU would otherwise size its thread pools for every core and the workers'
+    threads would contend for the same cores (BUILD_NOTES, "Test suite time"). Before JAX creates
+    its CPU client, so its pools see one core. Not Linux, or not one worker per core: nothing.
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if not worker.startswith("gw") or not hasattr(os, "sched_setaffinity"):
+        return
+    cores = sorted(os.sched_getaffinity(0))
+    if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0")) != len(cores):
+        return
+    core = {cores[int(worker[2:]) % len(cores)]}
+    for thread in os.listdir("/proc/self/task"):  # threads already started (e.g. a BLAS pool) too
+        try:
+            os.sched_setaffinity(int(thread), core)
+        except OSError:
+            pass
+
+
 def pytest_configure(config):
     """The fast tier's compile options, and one compilation cache per test run, shared by the xdist
     workers and across test modules.
@@ -84,6 +105,8 @@ def pytest_configure(config):
     machine) and removes it at the end; set JAX_COMPILATION_CACHE_DIR to keep one across runs.
     """
     import tempfile
+
+    _pin_worker_to_one_core()
 
     import jax
 

@@ -306,5 +306,10 @@ def test_ragged_batch_with_an_in_vocabulary_pad_matches_each_row_alone():
         target, draft, prompts, key=jax.random.key(0), max_new_tokens=5, temperature=0.0, pad_token_id=VOCAB - 1
     )
     for i, prompt in enumerate(prompts):
-        alone = autoregressive_sample(target, [prompt], key=jax.random.key(0), max_new_tokens=5, temperature=0.0)
+        # Each row alone, in a batch of one; padded to one width (pad content 33, never read) so the
+        # three runs share one compiled loop.
+        padded = [prompt + [33] * (5 - len(prompt))]
+        alone = autoregressive_sample(
+            target, padded, prompt_lengths=[len(prompt)], key=jax.random.key(0), max_new_tokens=5, temperature=0.0
+        )
         np.testing.assert_array_equal(np.asarray(out.tokens)[i], np.asarray(alone.tokens)[0])
