@@ -95,6 +95,27 @@ def _pin_worker_to_one_core() -> None:
             pass
 
 
+# glibc's malloc asks for transparent huge pages on the memory it maps (glibc >= 2.35; older ones
+# ignore the tunable). XLA:CPU's buffers come from malloc, and every vocabulary-sized array (e.g.
+# [512, 50,257] float32, 103 MB) is a fresh mmap whose 4 KiB pages each fault on first write: with
+# 2 MiB pages `processed_probs` at that shape took 38 ms instead of 88 on one core, and the default
+# tier ~17% less time (BUILD_NOTES, "Test suite time"). Results are unchanged.
+_MALLOC_HUGE_PAGES = "glibc.malloc.hugetlb=1"
+
+
+def _ask_workers_for_huge_pages() -> None:
+    """Adds `_MALLOC_HUGE_PAGES` to GLIBC_TUNABLES for the xdist workers this process starts.
+
+    glibc reads its tunables once, at process start: this process keeps its own setting, the
+    workers (started after `pytest_configure`) inherit the new one. A tunable set by the user wins.
+    """
+    if os.environ.get("PYTEST_XDIST_WORKER") or not os.path.exists("/sys/kernel/mm/transparent_hugepage"):
+        return
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    if "glibc.malloc.hugetlb" not in tunables:
+        os.environ["GLIBC_TUNABLES"] = f"{tunables}:{_MALLOC_HUGE_PAGES}" if tunables else _MALLOC_HUGE_PAGES
+
+
 def pytest_configure(config):
     """The fast tier's compile options, and one compilation cache per test run, shared by the xdist
     workers and across test modules.
@@ -107,6 +128,7 @@ def pytest_configure(config):
     import tempfile
 
     _pin_worker_to_one_core()
+    _ask_workers_for_huge_pages()
 
     import jax
 
