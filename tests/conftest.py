@@ -116,6 +116,16 @@ def _ask_workers_for_huge_pages() -> None:
         os.environ["GLIBC_TUNABLES"] = f"{tunables}:{_MALLOC_HUGE_PAGES}" if tunables else _MALLOC_HUGE_PAGES
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--compile-report",
+        metavar="PATH",
+        default=None,
+        help="report JAX's tracing, lowering and compile seconds per test file (tests/compile_report.py) "
+        "and write every test's numbers to PATH (JSON)",
+    )
+
+
 def pytest_configure(config):
     """The fast tier's compile options, and one compilation cache per test run, shared by the xdist
     workers and across test modules.
@@ -134,6 +144,10 @@ def pytest_configure(config):
 
     if _fast_xla():
         _use_fast_codegen_under_disabled_optimizations()
+    if config.getoption("compile_report"):
+        import compile_report
+
+        compile_report.register(config, config.getoption("compile_report"))
 
     if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
         return  # the user's own cache, used as is
