@@ -456,6 +456,37 @@ def test_jit_matches_eager_and_does_not_retrace():
     fn(-logits, config)
 
 
+def _backend_compiles(fn) -> int:
+    """How many XLA compiles `fn()` makes (jax.monitoring's backend-compile events)."""
+    compiles = []
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(kwargs.get("fun_name"))
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        fn()
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    return len(compiles)
+
+
+def test_eager_calls_compile_once_per_shape_whatever_the_settings():
+    """Outside jit, each call used to trace and compile its `lax.cond`s again (~1 s per call at
+    [4, 100] on one core): now one program per input shape, dtype and settings shape."""
+    logits = np.random.default_rng(3).normal(size=(3, 40)).astype(np.float32)
+    per_row = sampling_params([0.0, 0.7, 1.0], [0, 5, 0], [1.0, 0.9, 0.5], 3)
+    configs = (SamplingConfig(), SamplingConfig(0.7, 5, 0.9), SamplingConfig(0.0), SamplingConfig(top_p=0.3))
+
+    def calls(settings):
+        functions = (processed_probs, processed_logprobs)
+        return lambda: [jax.block_until_ready(f(logits, s)) for f in functions for s in settings]
+
+    _backend_compiles(calls([configs[0], per_row]))  # the first calls compile (scalar and per-row settings)
+    assert _backend_compiles(calls(configs + (per_row,))) == 0
+
+
 def test_static_settings_compile_to_the_candidates_top_k_not_a_sort():
     """A `SamplingConfig` enters the program as constants; XLA:CPU then rewrote the 64-candidate
     `lax.top_k` of a constant top-k into a full sort of every row (~20x slower at [512, 50,257]).
