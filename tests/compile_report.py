@@ -127,6 +127,25 @@ def summary_lines(tests: dict[str, dict], top: int = 12) -> list[str]:
     return lines
 
 
+def count_compiles(fn) -> int:
+    """How many XLA backend compiles `fn()` makes (read from jax.monitoring, like the report)."""
+    import jax
+
+    compiles = []
+
+    def listener(event, duration, **kwargs):
+        del duration, kwargs
+        if PHASES.get(event) == "compile":
+            compiles.append(event)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        fn()
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    return len(compiles)
+
+
 def register(config, path: str) -> None:
     """Installs the report: the pytest hooks, and the JAX listener in every process that runs tests."""
     import os

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from compile_report import count_compiles
 from hypothesis import assume, given, settings
 from stats import chi_square_pvalue
 
@@ -456,22 +457,6 @@ def test_jit_matches_eager_and_does_not_retrace():
     fn(-logits, config)
 
 
-def _backend_compiles(fn) -> int:
-    """How many XLA compiles `fn()` makes (jax.monitoring's backend-compile events)."""
-    compiles = []
-
-    def listener(event, duration, **kwargs):
-        if event == "/jax/core/compile/backend_compile_duration":
-            compiles.append(kwargs.get("fun_name"))
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
-        fn()
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
-    return len(compiles)
-
-
 def test_eager_calls_compile_once_per_shape_whatever_the_settings():
     """Outside jit, each call used to trace and compile its `lax.cond`s again (~1 s per call at
     [4, 100] on one core): now one program per input shape, dtype and settings shape."""
@@ -483,8 +468,8 @@ def test_eager_calls_compile_once_per_shape_whatever_the_settings():
         functions = (processed_probs, processed_logprobs)
         return lambda: [jax.block_until_ready(f(logits, s)) for f in functions for s in settings]
 
-    _backend_compiles(calls([configs[0], per_row]))  # the first calls compile (scalar and per-row settings)
-    assert _backend_compiles(calls(configs + (per_row,))) == 0
+    count_compiles(calls([configs[0], per_row]))  # the first calls compile (scalar and per-row settings)
+    assert count_compiles(calls(configs + (per_row,))) == 0
 
 
 def test_static_settings_compile_to_the_candidates_top_k_not_a_sort():

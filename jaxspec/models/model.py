@@ -20,6 +20,7 @@ from jaxspec.models.config import DecoderConfig
 from jaxspec.models.decoder import Decoder
 from jaxspec.models.llama import LlamaDecoder
 from jaxspec.models.tree_attention import TreeAttention
+from jaxspec.tracers import jit_when_eager
 
 
 def decoder_module(config: DecoderConfig, dtype=jnp.float32):
@@ -87,6 +88,7 @@ class Model:
         # decode step never moves cache entries between devices.
         return cache if self.sharding is None else self.sharding.constrain_cache(cache)
 
+    @jit_when_eager
     def __call__(
         self,
         tokens_BxT: jax.Array,
@@ -95,6 +97,9 @@ class Model:
         tree: TreeAttention | None = None,
     ):
         """Forward pass of T new tokens per row (a chain, or a token tree); see `Decoder.__call__`.
+
+        Outside jit, a call runs one compiled program per input shape (op by op,
+        the layer scan was traced and compiled again at every call).
 
         Returns:
           (logits float32 [B, T, V], updated cache).

@@ -64,6 +64,7 @@ import jax.numpy as jnp
 
 from jaxspec.sampling import draws
 from jaxspec.sampling.processing import sample_from_probs
+from jaxspec.tracers import jit_when_eager
 
 __all__ = [
     "VERIFICATION_RULES",
@@ -196,6 +197,7 @@ def _draft_and_target_at_drafts(draft_tokens, draft_probs, target_probs, live_Bx
     )
 
 
+@jit_when_eager
 def verify_tokenwise(
     key: jax.Array,
     draft_tokens: jax.Array,
@@ -310,6 +312,7 @@ def _block_weights(draft_tokens, draft_probs, target_probs, live_BxK=None) -> tu
     return w_BxK, jnp.concatenate([h_BxKm1, w_BxK[:, -1:]], axis=1)
 
 
+@jit_when_eager
 def verify_block(
     key: jax.Array,
     draft_tokens: jax.Array,

@@ -45,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxspec.sampling import draws
+from jaxspec.tracers import traced
 
 __all__ = [
     "SamplingConfig",
@@ -275,11 +276,6 @@ def _as_params(settings: SamplingConfig | SamplingParams) -> SamplingParams:
 
 def _settings_type_error(settings) -> TypeError:
     return TypeError(f"sampling settings must be a SamplingConfig or SamplingParams, got {type(settings).__name__}.")
-
-
-def _traced(*trees) -> bool:
-    """True inside a transformation (jit, grad, vmap): some leaf is a tracer."""
-    return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(trees))
 
 
 def _eager_params(settings: SamplingConfig | SamplingParams) -> SamplingParams:
@@ -518,7 +514,7 @@ def processed_logprobs(logits: jax.Array, settings: SamplingConfig | SamplingPar
     Outside jit, a call runs one compiled program per input shape and dtype,
     whatever the settings; inside jit it is inlined.
     """
-    if not _traced(logits, settings):
+    if not traced(logits, settings):
         return _jitted_logprobs(logits, _eager_params(settings))
     scores = _filtered_scores(logits, settings)
     # Every row's max is exactly +0 (the filters keep the max), so this is bit for bit
@@ -547,7 +543,7 @@ def processed_probs(logits: jax.Array, settings: SamplingConfig | SamplingParams
     Outside jit, a call runs one compiled program per input shape and dtype,
     whatever the settings; inside jit it is inlined.
     """
-    if not _traced(logits, settings):
+    if not traced(logits, settings):
         return _jitted_probs(logits, _eager_params(settings))
     scores = _filtered_scores(logits, settings)
     weights = jnp.exp(scores.x)  # each row's largest is exactly 1, so the sum is >= 1
@@ -555,8 +551,8 @@ def processed_probs(logits: jax.Array, settings: SamplingConfig | SamplingParams
 
 
 # Called outside jit, the two functions above run as one compiled program per input shape and
-# dtype (settings traced): op by op, each of their `lax.cond`s was traced and compiled again at
-# every call (~1 s per call at [4, 100] on one core, BUILD_NOTES). Inside a jit they are inlined.
+# dtype (settings traced; `jaxspec.tracers`): op by op, each of their `lax.cond`s was traced and
+# compiled again at every call (~1 s per call at [4, 100] on one core, BUILD_NOTES).
 _jitted_logprobs = jax.jit(processed_logprobs)
 _jitted_probs = jax.jit(processed_probs)
 

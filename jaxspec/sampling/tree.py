@@ -80,6 +80,7 @@ import numpy as np
 from jaxspec.sampling import draws
 from jaxspec.sampling.accept import residual_distribution
 from jaxspec.sampling.processing import sample_from_probs
+from jaxspec.tracers import jit_when_eager
 
 __all__ = ["TreeSpec", "TreeVerifyResult", "verify_tree_recursive", "verify_tree_traversal"]
 
@@ -429,6 +430,7 @@ def _result(tree: TreeSpec, key_next, draft_tokens, node_B, next_BxN1xV) -> Tree
     )
 
 
+@jit_when_eager(static_argnums=(0,))
 def verify_tree_recursive(
     tree: TreeSpec,
     key: jax.Array,
@@ -480,6 +482,7 @@ def verify_tree_recursive(
     return _result(tree, key_next, draft_tokens, node_B, next_BxN1xV)
 
 
+@jit_when_eager(static_argnums=(0,))
 def verify_tree_traversal(
     tree: TreeSpec,
     key: jax.Array,
