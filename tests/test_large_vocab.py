@@ -121,8 +121,12 @@ def _uniform_23_bits(key, shape):
 
 
 def _zero_prone_exponential(key, shape):
-    """The old race (jax.random.exponential: -log1p(-u)): exactly 0 with probability 2^-23."""
-    return -jnp.log1p(-_uniform_23_bits(key, shape))
+    """The old race (jax.random.exponential: -log1p(-u)): exactly 0 with probability 2^-23.
+
+    Written -log(1 - u): 1 - u is exact on u's grid, so these are jax's values up to float32
+    rounding with the same zeros, and log costs less than log1p (this control: 18.5 -> 16.0 s, one core).
+    """
+    return -jnp.log(1.0 - _uniform_23_bits(key, shape))
 
 
 def _truncating_exponential(key, shape):
