@@ -262,29 +262,24 @@ def sampling_params(temperature, top_k, top_p, batch_size: int) -> SamplingParam
     )
 
 
+def _params_of(settings: SamplingConfig | SamplingParams) -> SamplingParams:
+    """Either kind of settings as a `SamplingParams` (a config's values as scalars)."""
+    if isinstance(settings, SamplingConfig):
+        return settings.as_params()
+    if isinstance(settings, SamplingParams):
+        return settings
+    raise TypeError(f"sampling settings must be a SamplingConfig or SamplingParams, got {type(settings).__name__}.")
+
+
 def _as_params(settings: SamplingConfig | SamplingParams) -> SamplingParams:
+    params = _params_of(settings)
     if isinstance(settings, SamplingConfig):
         # A static setting would enter the program as constants, and XLA:CPU then rewrites the
         # 64-candidate `lax.top_k` of a constant top-k into a full sort of every [..., V] row
         # (4.3 s instead of 0.22 s at [512, 50,257], BUILD_NOTES). The barrier hands the
         # program the same values as opaque scalars: one compiled path for static and traced.
-        return jax.lax.optimization_barrier(settings.as_params())
-    if isinstance(settings, SamplingParams):
-        return settings
-    raise _settings_type_error(settings)
-
-
-def _settings_type_error(settings) -> TypeError:
-    return TypeError(f"sampling settings must be a SamplingConfig or SamplingParams, got {type(settings).__name__}.")
-
-
-def _eager_params(settings: SamplingConfig | SamplingParams) -> SamplingParams:
-    """The settings as arrays for the jitted eager path (traced there: no constants, no recompile)."""
-    if isinstance(settings, SamplingConfig):
-        return settings.as_params()
-    if isinstance(settings, SamplingParams):
-        return settings
-    raise _settings_type_error(settings)
+        return jax.lax.optimization_barrier(params)
+    return params
 
 
 def _per_row(value: jax.Array, ndim: int) -> jax.Array:
@@ -515,7 +510,7 @@ def processed_logprobs(logits: jax.Array, settings: SamplingConfig | SamplingPar
     whatever the settings; inside jit it is inlined.
     """
     if not traced(logits, settings):
-        return _jitted_logprobs(logits, _eager_params(settings))
+        return _jitted_logprobs(logits, _params_of(settings))
     scores = _filtered_scores(logits, settings)
     # Every row's max is exactly +0 (the filters keep the max), so this is bit for bit
     # jax.nn.log_softmax(x) without its own max pass over the vocabulary.
@@ -544,7 +539,7 @@ def processed_probs(logits: jax.Array, settings: SamplingConfig | SamplingParams
     whatever the settings; inside jit it is inlined.
     """
     if not traced(logits, settings):
-        return _jitted_probs(logits, _eager_params(settings))
+        return _jitted_probs(logits, _params_of(settings))
     scores = _filtered_scores(logits, settings)
     weights = jnp.exp(scores.x)  # each row's largest is exactly 1, so the sum is >= 1
     return _greedy_rows(scores, 1.0, 0.0, weights / jnp.sum(weights, axis=-1, keepdims=True))
