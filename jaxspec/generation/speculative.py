@@ -129,6 +129,63 @@ class SpeculativeResult:
         return self.lengths / jnp.maximum(self.num_rounds, 1)
 
 
+@flax.struct.dataclass
+class RoundCounts:
+    """The per-row counters a speculative loop carries from round to round (chains and trees).
+
+    Attributes:
+      num_rounds, num_drafted, num_accepted: int32 [B], as in `SpeculativeResult`.
+      round_histogram: int32 [B, D + 1], rounds that kept exactly j drafts, D
+        the most a round can keep (K for a chain, the depth for a tree).
+    """
+
+    num_rounds: jax.Array
+    num_drafted: jax.Array
+    num_accepted: jax.Array
+    round_histogram: jax.Array
+
+    @classmethod
+    def zeros(cls, batch: int, max_kept: int) -> RoundCounts:
+        zeros_B = jnp.zeros((batch,), jnp.int32)
+        return cls(zeros_B, zeros_B, zeros_B, jnp.zeros((batch, max_kept + 1), jnp.int32))
+
+    def after_round(self, active_B, drafted, num_accepted_B, kept_BxE, nonfinite_B) -> RoundCounts:
+        """Adds one round of the active rows.
+
+        Args:
+          active_B: bool [B], rows that took part in the round.
+          drafted: int32 [B] or a Python int, drafts each row proposed.
+          num_accepted_B: int32 [B], drafts the rule kept.
+          kept_BxE: bool [B, D + 1], one-hot of the number kept (`round_provenance`).
+          nonfinite_B: bool [B], rows the round stopped on invalid target logits: such a
+            round ended with neither a rejection nor a bonus, so the histogram leaves it out.
+        """
+        return RoundCounts(
+            num_rounds=self.num_rounds + active_B,
+            num_drafted=self.num_drafted + active_B * drafted,
+            num_accepted=self.num_accepted + jnp.where(active_B, num_accepted_B, 0),
+            round_histogram=self.round_histogram
+            + (active_B[:, None] & ~nonfinite_B[:, None] & kept_BxE).astype(jnp.int32),
+        )
+
+
+def speculative_result(
+    seqs: Sequences, counts: RoundCounts, prompt_lengths_B: jax.Array, max_new_tokens: int, pad_token_id
+) -> SpeculativeResult:
+    """The `SpeculativeResult` of a finished loop: its generated tokens and its counters."""
+    tokens, provenance = generated_tokens(seqs, prompt_lengths_B, max_new_tokens, pad_token_id)
+    return SpeculativeResult(
+        tokens=tokens,
+        lengths=seqs.num_generated,
+        provenance=provenance,
+        num_rounds=counts.num_rounds,
+        num_drafted=counts.num_drafted,
+        num_accepted=counts.num_accepted,
+        round_histogram=counts.round_histogram,
+        nonfinite_logits=seqs.nonfinite,
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class _Spec:
     """Everything static about one compiled speculative loop."""
@@ -145,10 +202,7 @@ class _State:
     target_cache: KVCache
     draft_state: Any
     key: jax.Array
-    num_rounds: jax.Array
-    num_drafted: jax.Array
-    num_accepted: jax.Array
-    round_histogram: jax.Array
+    counts: RoundCounts
 
 
 @functools.partial(jax.jit, static_argnames=("spec",))
@@ -168,16 +222,12 @@ def _generate(
     cache_length = width + spec.max_new_tokens + k - 1
     target_cache = prefill(target, prompt_ids_BxT, prompt_lengths_B, target.init_cache(batch, cache_length))
     draft_state = drafter.init(prompt_ids_BxT, prompt_lengths_B, cache_length)
-    zeros_B = jnp.zeros((batch,), jnp.int32)
     state = _State(
         seqs=init_sequences(prompt_ids_BxT, prompt_lengths_B, width + spec.max_new_tokens + k + 1),
         target_cache=target_cache,
         draft_state=draft_state,
         key=key,
-        num_rounds=zeros_B,
-        num_drafted=zeros_B,
-        num_accepted=zeros_B,
-        round_histogram=jnp.zeros((batch, k + 1), jnp.int32),
+        counts=RoundCounts.zeros(batch, k),
     )
 
     def round_(state: _State) -> _State:
@@ -218,26 +268,13 @@ def _generate(
             target_cache=target_cache.with_lengths(target_len_B),
             draft_state=drafter.commit(draft_state, seqs.lengths, new_seqs.lengths, active_B, k),
             key=key,
-            num_rounds=state.num_rounds + active_B,
-            num_drafted=state.num_drafted + active_B * (k if num_drafts_B is None else num_drafts_B),
-            num_accepted=state.num_accepted + jnp.where(active_B, n_B, 0),
-            # A round stopped by invalid target logits ended with neither a rejection nor a bonus: not counted.
-            round_histogram=state.round_histogram
-            + (active_B[:, None] & ~nonfinite_B[:, None] & at_n_BxE).astype(jnp.int32),
+            counts=state.counts.after_round(
+                active_B, k if num_drafts_B is None else num_drafts_B, n_B, at_n_BxE, nonfinite_B
+            ),
         )
 
     state = jax.lax.while_loop(lambda s: ~jnp.all(s.seqs.done), round_, state)
-    tokens, provenance = generated_tokens(state.seqs, prompt_lengths_B, spec.max_new_tokens, ids.pad)
-    return SpeculativeResult(
-        tokens=tokens,
-        lengths=state.seqs.num_generated,
-        provenance=provenance,
-        num_rounds=state.num_rounds,
-        num_drafted=state.num_drafted,
-        num_accepted=state.num_accepted,
-        round_histogram=state.round_histogram,
-        nonfinite_logits=state.seqs.nonfinite,
-    )
+    return speculative_result(state.seqs, state.counts, prompt_lengths_B, spec.max_new_tokens, ids.pad)
 
 
 def speculative_sample(

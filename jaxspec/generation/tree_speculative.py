@@ -45,7 +45,6 @@ from jaxspec.generation.drafters import shared_vocabulary
 from jaxspec.generation.emit import (
     Sequences,
     emit,
-    generated_tokens,
     init_sequences,
     last_tokens,
     round_provenance,
@@ -60,7 +59,7 @@ from jaxspec.generation.inputs import (
     row_settings,
     special_ids,
 )
-from jaxspec.generation.speculative import SpeculativeResult, draft_settings
+from jaxspec.generation.speculative import RoundCounts, SpeculativeResult, draft_settings, speculative_result
 from jaxspec.generation.verify import prefill
 from jaxspec.models.cache import KVCache
 from jaxspec.models.model import Model
@@ -87,10 +86,7 @@ class _State:
     target_cache: KVCache
     draft_cache: KVCache
     key: jax.Array
-    num_rounds: jax.Array
-    num_drafted: jax.Array
-    num_accepted: jax.Array
-    round_histogram: jax.Array
+    counts: RoundCounts
 
 
 def draw_children(
@@ -142,17 +138,13 @@ def _generate(
     cache_length = width + spec.max_new_tokens + num_nodes + depth + 1
     target_cache = prefill(target, prompt_ids_BxT, prompt_lengths_B, target.init_cache(batch, cache_length))
     draft_cache = prefill(draft, prompt_ids_BxT, prompt_lengths_B, draft.init_cache(batch, cache_length))
-    zeros_B = jnp.zeros((batch,), jnp.int32)
     greedy_B = draft_sampling.temperature == 0
     state = _State(
         seqs=init_sequences(prompt_ids_BxT, prompt_lengths_B, width + spec.max_new_tokens + 2 * depth + 2),
         target_cache=target_cache,
         draft_cache=draft_cache,
         key=key,
-        num_rounds=zeros_B,
-        num_drafted=zeros_B,
-        num_accepted=zeros_B,
-        round_histogram=jnp.zeros((batch, depth + 1), jnp.int32),
+        counts=RoundCounts.zeros(batch, depth),
     )
 
     def round_(state: _State) -> _State:
@@ -220,25 +212,11 @@ def _generate(
             target_cache=target_cache,
             draft_cache=draft_cache,
             key=key,
-            num_rounds=state.num_rounds + active_B,
-            num_drafted=state.num_drafted + active_B * num_nodes,
-            num_accepted=state.num_accepted + jnp.where(active_B, n_B, 0),
-            round_histogram=state.round_histogram
-            + (active_B[:, None] & ~nonfinite_B[:, None] & at_n_BxD1).astype(jnp.int32),
+            counts=state.counts.after_round(active_B, num_nodes, n_B, at_n_BxD1, nonfinite_B),
         )
 
     state = jax.lax.while_loop(lambda s: ~jnp.all(s.seqs.done), round_, state)
-    tokens, provenance = generated_tokens(state.seqs, prompt_lengths_B, spec.max_new_tokens, ids.pad)
-    return SpeculativeResult(
-        tokens=tokens,
-        lengths=state.seqs.num_generated,
-        provenance=provenance,
-        num_rounds=state.num_rounds,
-        num_drafted=state.num_drafted,
-        num_accepted=state.num_accepted,
-        round_histogram=state.round_histogram,
-        nonfinite_logits=state.seqs.nonfinite,
-    )
+    return speculative_result(state.seqs, state.counts, prompt_lengths_B, spec.max_new_tokens, ids.pad)
 
 
 def tree_speculative_sample(
