@@ -10,7 +10,21 @@ import numpy as np
 import pytest
 
 from jaxspec import benchmarking
-from jaxspec.benchmarking import configs, costs, hlo, load_test, metrics, prompts, sizes, sweeps, tables, timing
+from jaxspec.benchmarking import (
+    configs,
+    costs,
+    drafting,
+    hlo,
+    load_test,
+    metrics,
+    prompts,
+    sizes,
+    sweeps,
+    tables,
+    timing,
+)
+from jaxspec.generation.tree_speculative import TREE_VERIFICATION_RULES
+from jaxspec.sampling.accept import VERIFICATION_RULES
 from jaxspec.serving import net
 from jaxspec.testing import random_model, tiny_config
 
@@ -356,3 +370,21 @@ def test_from_flags_check_failures_are_usage_errors():
 
     with pytest.raises(app.UsageError, match="--K must be positive"):
         benchmarking.from_flags(Run, flag_values, check=check)
+
+
+@pytest.mark.parametrize(
+    ("spec", "named"),
+    [
+        ("tree:block:2x2", "'block' is not a tree verification rule"),
+        ("chain:traversal:4", "'traversal' is not a chain verification rule"),
+        ("dynamic:recursive:8:0.4", "'recursive' is not a chain verification rule"),
+    ],
+)
+def test_drafting_methods_take_their_rules_from_the_registries(spec, named):
+    """A rule of the other family is refused when the flag is parsed, before any model loads."""
+    with pytest.raises(ValueError, match=named):
+        drafting.parse_method(spec)
+    for rule in VERIFICATION_RULES:
+        assert drafting.parse_method(f"chain:{rule}:3").rule == rule
+    for rule in TREE_VERIFICATION_RULES:
+        assert drafting.parse_method(f"tree:{rule}:2x2").rule == rule

@@ -31,6 +31,8 @@ import jaxspec
 from jaxspec.benchmarking.metrics import paired_difference, paired_speedup
 from jaxspec.benchmarking.prompts import heldout_prompts
 from jaxspec.benchmarking.timing import mean_std, time_interleaved
+from jaxspec.generation.tree_speculative import TREE_VERIFICATION_RULES
+from jaxspec.sampling.accept import VERIFICATION_RULES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,8 +77,20 @@ def parse_method(spec: str) -> Method:
     Method(kind='dynamic', rule='block', shape=(8,), min_confidence=0.4)
 
     Raises:
-      ValueError: a spec of another form.
+      ValueError: a spec of another form, or a rule that is not registered
+        (`VERIFICATION_RULES` for chains, `TREE_VERIFICATION_RULES` for trees).
     """
+    method = _parsed(spec)
+    rules = TREE_VERIFICATION_RULES if method.kind == "tree" else VERIFICATION_RULES
+    if method.rule not in rules:
+        kind = "tree" if method.kind == "tree" else "chain"
+        raise ValueError(
+            f"method {spec!r}: {method.rule!r} is not a {kind} verification rule; use one of {list(rules)}."
+        )
+    return method
+
+
+def _parsed(spec: str) -> Method:
     parts = spec.split(":")
     try:
         if parts[0] == "self" and len(parts) == 2:
