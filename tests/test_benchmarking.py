@@ -51,6 +51,7 @@ def test_acceptance_summary_is_a_ratio_of_sums_over_runs_and_rows():
     assert s["acceptance_rate"] == pytest.approx(8 / 12)
     assert s["alpha_per_draft"] == pytest.approx(8 / 11)
     assert s["tokens_per_target_call"] == pytest.approx(14 / 6)
+    assert (s["accepted_per_round"], s["drafted_per_round"]) == (pytest.approx(8 / 6), pytest.approx(12 / 6))
     # Position 1: judged in 6 rounds, kept in 5; position 2: judged in 5, kept in 3.
     assert s["acceptance_by_position"] == pytest.approx([5 / 6, 3 / 5])
     # A mean of per-row ratios would differ: the one definition is the pooled one.

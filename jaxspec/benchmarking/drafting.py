@@ -28,7 +28,12 @@ import jax
 import numpy as np
 
 import jaxspec
-from jaxspec.benchmarking.metrics import paired_difference, paired_speedup
+from jaxspec.benchmarking.metrics import (
+    acceptance_summary,
+    accepted_per_round_by_row,
+    paired_difference,
+    paired_speedup,
+)
 from jaxspec.benchmarking.prompts import heldout_prompts
 from jaxspec.benchmarking.timing import mean_std, time_interleaved
 from jaxspec.generation.tree_speculative import TREE_VERIFICATION_RULES
@@ -170,12 +175,8 @@ def compare_drafting(config: DraftingConfig, log=print) -> dict:
         ar_times = timings["autoregressive"]["times_s"]
         per_round = {}
         for spec, (kind, _, shape, _) in parsed.items():
-            res = results[spec]
-            rounds = np.asarray([int(r.num_rounds[0]) for r in res], np.float64)
-            drafted = np.asarray([int(r.num_drafted[0]) for r in res], np.float64)
-            accepted = np.asarray([int(r.num_accepted[0]) for r in res], np.float64)
-            generated = np.asarray([int(r.lengths[0]) for r in res], np.float64)
-            per_round[spec] = accepted / rounds
+            summary = acceptance_summary(results[spec])
+            per_round[spec] = np.concatenate([accepted_per_round_by_row(r) for r in results[spec]])
             mean, std = mean_std(timings[spec]["times_s"])
             rows.append(
                 dict(
@@ -184,10 +185,10 @@ def compare_drafting(config: DraftingConfig, log=print) -> dict:
                     verify_positions=verify_positions(kind, shape, config.self_K),
                     time_ms=1000 * mean,
                     time_std_ms=1000 * std,
-                    tokens_per_target_call=float(generated.sum() / rounds.sum()),
-                    drafted_per_round=float(drafted.sum() / rounds.sum()),
-                    accepted_per_round=float(accepted.sum() / rounds.sum()),
-                    accepted_per_round_se=float(np.std(per_round[spec], ddof=1) / np.sqrt(len(res))),
+                    tokens_per_target_call=summary["tokens_per_target_call"],
+                    drafted_per_round=summary["drafted_per_round"],
+                    accepted_per_round=summary["accepted_per_round"],
+                    accepted_per_round_se=float(np.std(per_round[spec], ddof=1) / np.sqrt(len(per_round[spec]))),
                     **paired_speedup(ar_times, timings[spec]["times_s"]),
                 )
             )

@@ -37,7 +37,8 @@ def acceptance_summary(results: list) -> dict:
 
     Returns:
       dict with acceptance_rate, alpha_per_draft, acceptance_by_position [K],
-      tokens_per_target_call, rounds, accepted, rejections, drafted.
+      tokens_per_target_call, accepted_per_round, drafted_per_round, rounds,
+      accepted, rejections, drafted.
     """
     total = lambda field: int(sum(np.asarray(getattr(r, field)).sum() for r in results))
     histogram = sum(np.asarray(r.round_histogram).sum(axis=0) for r in results)  # [K + 1]
@@ -48,6 +49,8 @@ def acceptance_summary(results: list) -> dict:
         alpha_per_draft=accepted / max(accepted + rejections, 1),
         acceptance_by_position=acceptance_by_position(histogram),
         tokens_per_target_call=generated / max(rounds, 1),
+        accepted_per_round=accepted / max(rounds, 1),
+        drafted_per_round=drafted / max(rounds, 1),
         rounds=rounds,
         accepted=accepted,
         rejections=rejections,

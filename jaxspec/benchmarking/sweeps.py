@@ -213,7 +213,7 @@ def sweep_row(
         alpha=alpha,
         acceptance_rate=counts["acceptance_rate"],
         acceptance_by_position=counts["acceptance_by_position"],
-        accepted_per_round=counts["accepted"] / counts["rounds"],
+        accepted_per_round=counts["accepted_per_round"],
         tokens_per_round=tokens_per_round,
         spec_ms=1000 * mean,
         spec_std_ms=1000 * std,
