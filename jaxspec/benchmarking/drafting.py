@@ -86,11 +86,10 @@ def parse_method(spec: str) -> Method:
         (`VERIFICATION_RULES` for chains, `TREE_VERIFICATION_RULES` for trees).
     """
     method = _parsed(spec)
-    rules = TREE_VERIFICATION_RULES if method.kind == "tree" else VERIFICATION_RULES
+    family, rules = ("tree", TREE_VERIFICATION_RULES) if method.kind == "tree" else ("chain", VERIFICATION_RULES)
     if method.rule not in rules:
-        kind = "tree" if method.kind == "tree" else "chain"
         raise ValueError(
-            f"method {spec!r}: {method.rule!r} is not a {kind} verification rule; use one of {list(rules)}."
+            f"method {spec!r}: {method.rule!r} is not a {family} verification rule; use one of {list(rules)}."
         )
     return method
 
